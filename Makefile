@@ -1,0 +1,26 @@
+# Two commands on a fresh machine (Python 3.11 + make): `make demo` and `make test`.
+# Both create the dev virtual environment first (.venv, pinned by constraints-dev.txt).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: env demo test clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-dev.txt .ci/dev_site/fdconv_dev_torchvision_cpu.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e '.[dev,train]'
+	cp .ci/dev_site/fdconv_dev_torchvision_cpu.py .ci/dev_site/fdconv_dev_torchvision_cpu.pth \
+		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+	touch $@
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/fdconv-zoo demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

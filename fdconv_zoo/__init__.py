@@ -1,0 +1,22 @@
+"""fdconv-zoo: Frequency Dynamic Convolution (FDConv) for timm and Hugging Face transformers.
+
+Importing the package registers the FDConv model variants with timm and with transformers' Auto classes.
+"""
+
+from . import timm_models, transformers_models  # noqa: F401  (registration side effects)
+from .conversion import conv_weight_to_spectrum, convert_state_dict, spectrum_to_conv_weight
+from .layers import FDConv
+from .surgery import PAPER_FDCONV_KWARGS, convert_to_fdconv, count_parameters
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "FDConv",
+    "PAPER_FDCONV_KWARGS",
+    "conv_weight_to_spectrum",
+    "convert_state_dict",
+    "convert_to_fdconv",
+    "count_parameters",
+    "spectrum_to_conv_weight",
+    "__version__",
+]

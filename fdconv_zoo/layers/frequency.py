@@ -1,0 +1,107 @@
+"""Input-independent frequency tables of FDConv: the disjoint weight groups and the FBM band masks.
+
+Both depend only on shapes, so they are computed once per shape on the CPU and cached. The grouping
+reproduces the official layer bit for bit (FDCONV_SPEC §4.2): bins are ordered by their float32
+radial frequency, computed with the rounding of torch's vectorised ``torch.norm`` (FMA semantics,
+emulated exactly in float64 so the result does not depend on the CPU's SIMD level), and sorted with
+torch's CPU sort, whose tie order decides most group boundaries.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["frequency_group_map", "radial_frequency", "band_masks", "FBM_MASK_GRID"]
+
+FBM_MASK_GRID = (64, 64)  # official FBM precomputes its masks on this grid and resizes them
+
+
+def _round_sum_to_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """float32(a + b) with a single rounding, for float64 tensors holding exact values.
+
+    ``(a + b).float()`` rounds twice (to float64, then to float32), which differs from one rounding
+    only when the float64 sum lands exactly on a float32 midpoint while the exact sum does not; the
+    error term of an exact two-sum tells which neighbour is right.
+    """
+    s = a + b
+    bv = s - a
+    err = (a - (s - bv)) + (b - bv)  # a + b == s + err exactly (Knuth's two-sum)
+    rounded = s.float()
+    down = torch.nextafter(rounded, torch.full_like(rounded, -float("inf")))
+    up = torch.nextafter(rounded, torch.full_like(rounded, float("inf")))
+    on_midpoint = (s == (rounded.double() + down.double()) / 2) | (s == (rounded.double() + up.double()) / 2)
+    fix_up = on_midpoint & (err > 0) & (rounded.double() < s)
+    fix_down = on_midpoint & (err < 0) & (rounded.double() > s)
+    rounded = torch.where(fix_up, up, rounded)
+    return torch.where(fix_down, down, rounded)
+
+
+def radial_frequency(rows: int, cols: int) -> torch.Tensor:
+    """float32 distance of every bin of a ``rfft2`` of a (rows, cols) map from the origin, shape (rows, cols//2+1).
+
+    Rounded as the official ``torch.norm`` on x86 SIMD kernels does: ``sqrt(fma(fw, fw, fh * fh))``.
+    """
+    fh = torch.fft.fftfreq(rows, dtype=torch.float32).double()
+    fw = torch.fft.rfftfreq(cols, dtype=torch.float32).double()
+    fh_sq = (fh * fh).float().double()  # fh² rounded to float32 (the product is exact in float64)
+    fw_sq = fw * fw  # exact in float64
+    acc = _round_sum_to_float32(fh_sq[:, None].expand(-1, fw.numel()), fw_sq[None, :].expand(fh.numel(), -1))
+    return acc.double().sqrt().float()  # float64 sqrt then one rounding: the correctly rounded float32 sqrt
+
+
+@functools.lru_cache(maxsize=64)
+def _frequency_group_map_cpu(rows: int, cols: int, num_groups: int) -> torch.Tensor:
+    dist = radial_frequency(rows, cols).flatten()
+    order = torch.sort(dist, stable=False).indices  # CPU std::sort tie order, as the official layer
+    num_bins = order.numel()
+    # Consecutive chunks of the ascending order; equal to the official L = N / KN split when KN divides N.
+    group_of_rank = torch.arange(num_bins, dtype=torch.int64) * num_groups // num_bins
+    group_map = torch.empty(num_bins, dtype=torch.int32)
+    group_map[order] = group_of_rank.to(torch.int32)
+    return group_map.view(rows, cols // 2 + 1)
+
+
+def frequency_group_map(rows: int, cols: int, num_groups: int) -> torch.Tensor:
+    """Group index (0 = lowest frequencies) of every ``rfft2`` bin of a (rows, cols) weight image.
+
+    Returns an int32 CPU tensor of shape (rows, cols//2+1). The official layer needs ``num_groups`` to
+    divide the number of bins; here any ``num_groups`` works (groups then differ in size by one bin).
+    """
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+    return _frequency_group_map_cpu(int(rows), int(cols), int(num_groups)).clone()
+
+
+@functools.lru_cache(maxsize=8)
+def _official_mask_grid(cutoffs: tuple[int, ...]) -> torch.Tensor:
+    fh = torch.fft.fftfreq(FBM_MASK_GRID[0]).abs()
+    fw = torch.fft.rfftfreq(FBM_MASK_GRID[1]).abs()
+    cheb = torch.maximum(fh[:, None], fw[None, :])
+    # Compared in float32 like the official code: 0.25 + 1e-8 rounds to 0.25, the smaller cut-offs keep the epsilon.
+    return torch.stack([cheb < 0.5 / k + 1e-8 for k in cutoffs])
+
+
+@functools.lru_cache(maxsize=128)
+def _band_masks_cpu(height: int, width: int, cutoffs: tuple[int, ...], exact: bool) -> torch.Tensor:
+    if exact:
+        fh = torch.fft.fftfreq(height).abs()
+        fw = torch.fft.rfftfreq(width).abs()
+        cheb = torch.maximum(fh[:, None], fw[None, :])
+        return torch.stack([cheb < 0.5 / k + 1e-8 for k in cutoffs]).float()
+    grid = _official_mask_grid(cutoffs).float()[:, None]
+    return F.interpolate(grid, size=(height, width // 2 + 1), mode="nearest")[:, 0]
+
+
+def band_masks(height: int, width: int, cutoffs: Sequence[int], exact: bool = False) -> torch.Tensor:
+    """Low-pass masks of the frequency band modulation, float (len(cutoffs), height, width//2+1) on the CPU.
+
+    Mask ``j`` keeps the ``rfft2`` bins whose Chebyshev frequency is below ``0.5 / cutoffs[j]``. By default
+    the masks are made on the official 64x64 grid and nearest-resized to the input size, as the official
+    layer does (so its checkpoints behave as trained); ``exact=True`` computes them at the true size, which
+    moves band edges by up to one bin at sizes other than 64x64 and keeps the masks symmetric in +-f.
+    """
+    return _band_masks_cpu(int(height), int(width), tuple(int(k) for k in cutoffs), bool(exact)).clone()

@@ -1,0 +1,1 @@
+"""FDConv variants of timm models; importing this package registers them with timm."""

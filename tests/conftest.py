@@ -1,0 +1,27 @@
+"""Test-wide set-up: an isolated, offline Hugging Face cache that tests fill by hand.
+
+HF_HUB_OFFLINE and the cache location are read when huggingface_hub is imported, so they are set here,
+before any test module imports it. Tests never touch the network: a pretrained load finds its files in
+the hand-built cache (``models--ORG--NAME/refs/main`` + ``snapshots/<sha>/...``), exactly where
+huggingface_hub would have downloaded them.
+"""
+
+import os
+import tempfile
+
+_HF_HOME = tempfile.mkdtemp(prefix="fdconv-zoo-hf-home-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("HF_TOKEN", None)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from hub_cache import write_hub_repo  # noqa: E402
+
+
+@pytest.fixture
+def hub_repo():
+    """``hub_repo(repo_id, {filename: bytes | str | Path})`` writes a repo into the offline cache."""
+    return write_hub_repo
