@@ -418,20 +418,27 @@ class FDConv(nn.Module):
 
     def reset_parameters(self) -> None:
         """nn.Conv2d's default weight and bias (converted to the spectrum), attentions neutral."""
-        from ..conversion import conv_weight_to_spectrum
-
         if not self.use_fdconv:
             nn.Conv2d.reset_parameters(self)  # kaiming-uniform weight and fan-in bias, as nn.Conv2d/nn.Linear
             return
-        k = self.kernel_size[0]
-        weight = torch.empty(self.out_channels, self.in_channels, k, k, device=self.dft_weight.device, dtype=self.dft_weight.dtype)
-        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_channels * k * k)
+            bound = 1 / math.sqrt(self.in_channels * self.kernel_size[0] ** 2)
             nn.init.uniform_(self.bias, -bound, bound)
         with torch.no_grad():
-            self.dft_weight.copy_(conv_weight_to_spectrum(weight, self.param_ratio))
+            self.dft_weight.copy_(self.default_spectrum())
         self.reset_attention()
+
+    def default_spectrum(self) -> torch.Tensor:
+        """Spectrum of a freshly initialised nn.Conv2d weight (kaiming-uniform, a=sqrt(5)), as the official init.
+
+        Separate from reset_parameters so frameworks with their own guarded initialisers (transformers'
+        ``init.copy_``) can set ``dft_weight`` without re-drawing already loaded tensors.
+        """
+        from ..conversion import conv_weight_to_spectrum
+
+        weight = torch.empty(self.conv_weight_shape, device=self.dft_weight.device, dtype=self.dft_weight.dtype)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        return conv_weight_to_spectrum(weight, self.param_ratio)
 
     def reset_attention(self) -> None:
         """Make every attention neutral (exactly 1, group attention 1/groups): the layer is then its static conv."""

@@ -1,1 +1,3 @@
-"""FDConv variants of timm models; importing this package registers them with timm."""
+"""FDConv variants of timm models; importing this package registers them with timm (one file per family)."""
+
+from . import convnext, mit, resnet, swin  # noqa: F401  (registration side effects)

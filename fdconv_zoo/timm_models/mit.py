@@ -1,0 +1,1 @@
+"""FDConv mit for timm (in progress)."""

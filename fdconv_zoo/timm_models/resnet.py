@@ -1,0 +1,1 @@
+"""FDConv resnet for timm (in progress)."""

@@ -1,0 +1,1 @@
+"""FDConv swin for timm (in progress)."""

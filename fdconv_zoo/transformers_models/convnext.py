@@ -1,0 +1,1 @@
+"""FDConv convnext for transformers (in progress)."""

@@ -1,0 +1,1 @@
+"""FDConv resnet for transformers (in progress)."""

@@ -1,0 +1,1 @@
+"""FDConv segformer for transformers (in progress)."""
