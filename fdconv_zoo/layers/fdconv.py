@@ -345,7 +345,7 @@ class FDConv(nn.Module):
             return
 
         self._check_fdconv_args(
-            groups=groups, param_reduction=param_reduction, convert_param=convert_param,
+            kernel_size=self.kernel_size, groups=groups, param_reduction=param_reduction, convert_param=convert_param,
             spatial_freq_decompose=spatial_freq_decompose, ksm_global_act=ksm_global_act,
             ksm_only_kernel_att=ksm_only_kernel_att, ksm_local_act=ksm_local_act, param_ratio=param_ratio,
         )
@@ -393,6 +393,7 @@ class FDConv(nn.Module):
     @staticmethod
     def _check_fdconv_args(**a: Any) -> None:
         problems = {
+            "kernel_size": (a["kernel_size"][0] != a["kernel_size"][1], f"kernel_size={a['kernel_size']}: FDConv layers need a square kernel"),
             "groups": (a["groups"] != 1, f"groups={a['groups']}: FDConv layers must have groups=1 (raise use_fdconv_if_c_gt or keep this layer an nn.Conv2d)"),
             "param_reduction": (a["param_reduction"] != 1, "param_reduction != 1 is not supported (the official layer drops its scale there, FDCONV_SPEC §9)"),
             "convert_param": (not a["convert_param"], "convert_param=False is not supported; the weight is always stored as dft_weight"),
@@ -528,6 +529,12 @@ class FDConv(nn.Module):
             return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, groups)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
+    def _fold_attention_into_weight(self, positions: int) -> bool:
+        """Channel and filter attentions are separable: fold them into the per-sample weight when it is
+        smaller than the features (the official rule, on the pre-stride size), otherwise scale the features.
+        Both give the same function up to rounding."""
+        return self.out_channels * self.in_channels * self.kernel_size[0] ** 2 < (self.in_channels + self.out_channels) * positions
+
     def dynamic_weight(self, group_attention: torch.Tensor | None) -> torch.Tensor:
         """Per-sample static part of the kernel from the spectrum and the group attentions: (B, Cout, Cin, k, k).
 
@@ -582,9 +589,7 @@ class FDConv(nn.Module):
         if hasattr(self, "FBM"):
             x = self.FBM(x)
 
-        # Channel and filter attentions are separable: fold them into the per-sample weight when it is
-        # smaller than the features (the official rule), otherwise scale the features.
-        weight_branch = cout * cin * k * k < (cin + cout) * positions
+        weight_branch = self._fold_attention_into_weight(positions)
         if channel_att is not None:
             if weight_branch:
                 weight = weight * channel_att.view(b, 1, cin, 1, 1)
@@ -597,18 +602,18 @@ class FDConv(nn.Module):
         if self.token_layout:
             y = torch.bmm(x, weight.view(b, cout, cin).transpose(1, 2))
             if filter_att is not None and not weight_branch:
-                y = y * filter_att.view(b, 1, cout)
+                y = y * filter_att.view(b, 1, cout).to(y.dtype)
             if self.bias is not None:
-                y = y + self.bias
+                y = y + self.bias.to(y.dtype)
             return y.reshape(*lead, cout)
 
         h, w = x.shape[-2:]
         y = self._conv(x.reshape(1, b * cin, h, w), weight.reshape(b * cout, cin, k, k), groups=b)
         y = y.view(b, cout, *y.shape[-2:])
         if filter_att is not None and not weight_branch:
-            y = y * filter_att.view(b, cout, 1, 1)
+            y = y * filter_att.view(b, cout, 1, 1).to(y.dtype)
         if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
+            y = y + self.bias.view(1, -1, 1, 1).to(y.dtype)
         return y
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
