@@ -216,3 +216,11 @@ def test_plain_conv_checkpoint_names_the_conversion():
 def test_from_conv_rejects_other_modules():
     with pytest.raises(TypeError, match="nn.Conv2d or nn.Linear"):
         FDConv.from_conv(nn.Conv1d(32, 32, 3))
+
+
+def test_torch_compile_matches_eager():
+    layer = dynamic_layer(32, 48, 3, padding=1, kernel_num=8).eval()
+    x = torch.randn(2, 32, 12, 12)
+    compiled = torch.compile(layer)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)

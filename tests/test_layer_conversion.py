@@ -113,3 +113,21 @@ def test_convert_state_dict_rejects_mismatched_shapes():
     target = nn.Sequential(FDConv(32, 64, 3, padding=1, kernel_num=16))
     with pytest.raises(ValueError, match=r"0\.weight.*\(64, 32, 3, 3\)"):
         convert_state_dict({"0.weight": torch.randn(64, 32, 1, 1)}, target)
+
+
+def test_from_conv_random_shapes():
+    """Seeded random layer shapes (channels, kernel, stride, padding, dilation, bias, kernel_num, input size)."""
+    gen = torch.Generator().manual_seed(1234)
+
+    def pick(*options):
+        return options[torch.randint(len(options), (1,), generator=gen).item()]
+
+    for _ in range(12):
+        cin, cout = (int(torch.randint(17, 97, (1,), generator=gen)) for _ in range(2))
+        k, stride, dilation = pick(1, 3), pick(1, 2), pick(1, 2)
+        padding = pick(0, 1, 2) if k == 3 else 0
+        conv = nn.Conv2d(cin, cout, k, stride, padding, dilation, bias=pick(True, False)).train(pick(True, False))
+        layer = FDConv.from_conv(conv, kernel_num=pick(1, 4, 16, 64))
+        x = torch.randn(pick(1, 2, 3), cin, *(int(torch.randint(5, 20, (1,), generator=gen)) for _ in range(2)))
+        with torch.no_grad():
+            assert relative_error(layer(x), conv(x)) <= 1e-5, conv

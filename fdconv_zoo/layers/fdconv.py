@@ -251,7 +251,7 @@ class FrequencyBandModulation(nn.Module):
         b, c, h, w = x.shape
         compute_dtype = torch.promote_types(x.dtype, torch.float32)
         xf = x.to(compute_dtype)
-        masks = band_masks(h, w, self.k_list, self.exact_masks).to(device=x.device, dtype=compute_dtype)
+        masks = band_masks(h, w, self.k_list, self.exact_masks, device=x.device).to(compute_dtype)
         spectrum = torch.fft.rfft2(xf, norm="ortho")
         lows = torch.fft.irfft2(spectrum[:, None] * masks[None, :, None], s=(h, w), norm="ortho")  # (B, n, C, H, W)
         highs = torch.cat([xf[:, None], lows[:, :-1]], 1) - lows

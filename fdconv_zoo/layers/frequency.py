@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["frequency_group_map", "radial_frequency", "band_masks", "FBM_MASK_GRID"]
+__all__ = ["FBM_MASK_GRID", "band_masks", "frequency_group_map", "radial_frequency"]
 
 FBM_MASK_GRID = (64, 64)  # official FBM precomputes its masks on this grid and resizes them
 
@@ -76,32 +76,25 @@ def frequency_group_map(rows: int, cols: int, num_groups: int) -> torch.Tensor:
     return _frequency_group_map_cpu(int(rows), int(cols), int(num_groups)).clone()
 
 
-@functools.lru_cache(maxsize=8)
-def _official_mask_grid(cutoffs: tuple[int, ...]) -> torch.Tensor:
-    fh = torch.fft.fftfreq(FBM_MASK_GRID[0]).abs()
-    fw = torch.fft.rfftfreq(FBM_MASK_GRID[1]).abs()
-    cheb = torch.maximum(fh[:, None], fw[None, :])
-    # Compared in float32 like the official code: 0.25 + 1e-8 rounds to 0.25, the smaller cut-offs keep the epsilon.
-    return torch.stack([cheb < 0.5 / k + 1e-8 for k in cutoffs])
+def _chebyshev_frequency(height: int, width: int, device: torch.device | None) -> torch.Tensor:
+    fh = torch.fft.fftfreq(height, device=device).abs()
+    fw = torch.fft.rfftfreq(width, device=device).abs()
+    return torch.maximum(fh[:, None], fw[None, :])
 
 
-@functools.lru_cache(maxsize=128)
-def _band_masks_cpu(height: int, width: int, cutoffs: tuple[int, ...], exact: bool) -> torch.Tensor:
-    if exact:
-        fh = torch.fft.fftfreq(height).abs()
-        fw = torch.fft.rfftfreq(width).abs()
-        cheb = torch.maximum(fh[:, None], fw[None, :])
-        return torch.stack([cheb < 0.5 / k + 1e-8 for k in cutoffs]).float()
-    grid = _official_mask_grid(cutoffs).float()[:, None]
-    return F.interpolate(grid, size=(height, width // 2 + 1), mode="nearest")[:, 0]
+def band_masks(height: int, width: int, cutoffs: Sequence[int], exact: bool = False, device: torch.device | None = None) -> torch.Tensor:
+    """Low-pass masks of the frequency band modulation, float (len(cutoffs), height, width//2+1).
 
-
-def band_masks(height: int, width: int, cutoffs: Sequence[int], exact: bool = False) -> torch.Tensor:
-    """Low-pass masks of the frequency band modulation, float (len(cutoffs), height, width//2+1) on the CPU.
-
-    Mask ``j`` keeps the ``rfft2`` bins whose Chebyshev frequency is below ``0.5 / cutoffs[j]``. By default
-    the masks are made on the official 64x64 grid and nearest-resized to the input size, as the official
-    layer does (so its checkpoints behave as trained); ``exact=True`` computes them at the true size, which
-    moves band edges by up to one bin at sizes other than 64x64 and keeps the masks symmetric in +-f.
+    Mask ``j`` keeps the ``rfft2`` bins whose Chebyshev frequency is below ``0.5 / cutoffs[j]`` (compared in
+    float32 like the official code: ``0.25 + 1e-8`` rounds to 0.25, the smaller cut-offs keep the epsilon).
+    By default the masks are made on the official 64x64 grid and nearest-resized to the input size, as the
+    official layer does (so its checkpoints behave as trained); ``exact=True`` computes them at the true
+    size, which moves band edges by up to one bin at sizes other than 64x64 and keeps the masks symmetric
+    in +-f. Plain tensor ops (no cache), so the masks trace into compiled and exported graphs as constants.
     """
-    return _band_masks_cpu(int(height), int(width), tuple(int(k) for k in cutoffs), bool(exact)).clone()
+    if exact:
+        cheb = _chebyshev_frequency(height, width, device)
+        return torch.stack([cheb < 0.5 / k + 1e-8 for k in cutoffs]).float()
+    cheb = _chebyshev_frequency(*FBM_MASK_GRID, device)
+    grid = torch.stack([cheb < 0.5 / k + 1e-8 for k in cutoffs]).float()
+    return F.interpolate(grid[:, None], size=(height, width // 2 + 1), mode="nearest")[:, 0]
