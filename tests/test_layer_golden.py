@@ -110,3 +110,32 @@ def test_exact_masks_change_the_function_except_at_64():
     exact56, official56 = band_masks(56, 56, [8], exact=True)[0], band_masks(56, 56, [8])[0]
     assert torch.equal(exact56[1:], exact56[1:].flip(0))
     assert not torch.equal(official56[1:], official56[1:].flip(0))
+
+
+def test_single_rounding_of_the_squared_distance():
+    """The grouping's float32(fh^2 + fw^2) is rounded once (FMA semantics), checked with exact fractions."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    from fdconv_zoo.layers.frequency import _round_sum_to_float32
+
+    gen = torch.Generator().manual_seed(0)
+    fh = torch.rand(4000, generator=gen).float().double() * 0.5
+    fw = torch.rand(4000, generator=gen).float().double() * 0.5
+    a, b = (fh * fh).float().double(), fw * fw
+    # Force double-rounding hazards: b's low bits chosen so that a + b rounds (in float64) onto a float32 midpoint.
+    ulp32 = torch.nextafter(a.float(), torch.tensor(1.0)).double() - a.float().double()
+    # b = half a float32 ulp of a plus a sliver: the exact sum lies just above a float32 midpoint, but its
+    # float64 rounding lands on the midpoint itself, where naive rounding then ties to even.
+    sliver = torch.ldexp(torch.ones_like(a), torch.full_like(a, -70, dtype=torch.int32))
+    a, b = torch.cat([a, a, a]), torch.cat([b, ulp32 / 2 + sliver, ulp32 / 2 - sliver])
+    got = _round_sum_to_float32(a, b)
+    assert ((a + b).float() != got).sum() > 1000  # the hazard is real: naive double rounding gets these wrong
+    for x, y, r in zip(a.tolist(), b.tolist(), got.tolist()):
+        exact = Fraction(x) + Fraction(y)
+        lo = np.float32(float(exact))  # candidate; fix by exact comparison below
+        below, above = (lo, np.nextafter(lo, np.float32(1))) if Fraction(float(lo)) <= exact else (np.nextafter(lo, np.float32(0)), lo)
+        d_below, d_above = exact - Fraction(float(below)), Fraction(float(above)) - exact
+        expected = below if d_below < d_above or (d_below == d_above and int(np.float32(below).view(np.int32)) % 2 == 0) else above
+        assert r == float(expected)

@@ -412,7 +412,7 @@ class FDConv(nn.Module):
     # ------------------------------------------------------------------------------------------ init
     def init_non_persistent_buffers(self) -> None:
         """(Re)compute the frequency group map; call after meta-device materialisation (timm convention)."""
-        if self.use_fdconv:
+        if self.use_fdconv and not self.frequency_group.is_meta:
             rows, n_cols = self.frequency_group.shape
             groups = frequency_group_map(rows, self.in_channels * self.kernel_size[0], self.kernel_num)
             self.frequency_group = groups.to(self.frequency_group.device)
@@ -468,9 +468,13 @@ class FDConv(nn.Module):
             )
         else:
             raise TypeError(f"FDConv.from_conv converts nn.Conv2d or nn.Linear modules, got {type(module).__name__}")
-        layer = cls(**conv_args, bias=module.bias is not None, **fdconv_kwargs, device=module.weight.device, dtype=module.weight.dtype)
+        # Built on "meta" and materialised once: the default weight would be drawn and converted for nothing.
+        layer = cls(**conv_args, bias=module.bias is not None, **fdconv_kwargs, device="meta", dtype=module.weight.dtype)
         if layer.use_fdconv and layer.ksm_local_act == "sigmoid" and layer.att_multi != 2.0:
             raise ValueError(f"exact conversion needs att_multi=2 with sigmoid attentions (m * sigmoid(0) must be 1), got {layer.att_multi}")
+        layer = layer.to_empty(device=module.weight.device)
+        layer.reset_attention()
+        layer.init_non_persistent_buffers()
         layer.load_conv_weight(module.weight.detach(), None if module.bias is None else module.bias.detach())
         layer.train(module.training)
         for p in layer.parameters():

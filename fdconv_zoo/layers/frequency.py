@@ -21,23 +21,22 @@ FBM_MASK_GRID = (64, 64)  # official FBM precomputes its masks on this grid and 
 
 
 def _round_sum_to_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """float32(a + b) with a single rounding, for float64 tensors holding exact values.
+    """float32(a + b) with a single rounding, for float64 tensors holding exact values in float32's normal range.
 
-    ``(a + b).float()`` rounds twice (to float64, then to float32), which differs from one rounding
-    only when the float64 sum lands exactly on a float32 midpoint while the exact sum does not; the
-    error term of an exact two-sum tells which neighbour is right.
+    ``(a + b).float()`` rounds twice (to float64, then to float32); that differs from one rounding only
+    when the float64 sum lands exactly on a float32 midpoint while the exact sum does not. The error
+    term of an exact two-sum says on which side the exact sum lies: nudge those sums one float64 ulp
+    towards it before the final rounding.
     """
     s = a + b
     bv = s - a
     err = (a - (s - bv)) + (b - bv)  # a + b == s + err exactly (Knuth's two-sum)
-    rounded = s.float()
-    down = torch.nextafter(rounded, torch.full_like(rounded, -float("inf")))
-    up = torch.nextafter(rounded, torch.full_like(rounded, float("inf")))
-    on_midpoint = (s == (rounded.double() + down.double()) / 2) | (s == (rounded.double() + up.double()) / 2)
-    fix_up = on_midpoint & (err > 0) & (rounded.double() < s)
-    fix_down = on_midpoint & (err < 0) & (rounded.double() > s)
-    rounded = torch.where(fix_up, up, rounded)
-    return torch.where(fix_down, down, rounded)
+    # A float32 midpoint has exactly the bit below float32's last mantissa bit set among the 29 bits dropped.
+    on_midpoint = (s.view(torch.int64) & 0x1FFFFFFF) == 0x10000000
+    nudge = on_midpoint & (err != 0)
+    if nudge.any():
+        s = torch.where(nudge, torch.nextafter(s, torch.where(err > 0, torch.inf, -torch.inf).to(s)), s)
+    return s.float()
 
 
 def radial_frequency(rows: int, cols: int) -> torch.Tensor:
