@@ -224,3 +224,18 @@ def test_torch_compile_matches_eager():
     compiled = torch.compile(layer)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_default_device_context_does_not_leak_into_the_grouping():
+    """transformers builds models under torch.device('meta'); the grouping is always computed on the CPU."""
+    from fdconv_zoo.layers.frequency import _frequency_group_map_cpu
+
+    _frequency_group_map_cpu.cache_clear()
+    with torch.device("meta"):
+        meta_layer = FDConv(48, 48, 3, padding=1, kernel_num=8)
+        assert meta_layer.frequency_group.is_meta
+        from fdconv_zoo.layers import frequency_group_map
+
+        assert frequency_group_map(144, 144, 8).device.type == "cpu"
+    layer = FDConv(48, 48, 3, padding=1, kernel_num=8)  # same shape, built normally afterwards
+    assert layer.frequency_group.device.type == "cpu" and int(layer.frequency_group.max()) == 7

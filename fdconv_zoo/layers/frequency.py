@@ -44,8 +44,8 @@ def radial_frequency(rows: int, cols: int) -> torch.Tensor:
 
     Rounded as the official ``torch.norm`` on x86 SIMD kernels does: ``sqrt(fma(fw, fw, fh * fh))``.
     """
-    fh = torch.fft.fftfreq(rows, dtype=torch.float32).double()
-    fw = torch.fft.rfftfreq(cols, dtype=torch.float32).double()
+    fh = torch.fft.fftfreq(rows, dtype=torch.float32, device="cpu").double()
+    fw = torch.fft.rfftfreq(cols, dtype=torch.float32, device="cpu").double()
     fh_sq = (fh * fh).float().double()  # fh² rounded to float32 (the product is exact in float64)
     fw_sq = fw * fw  # exact in float64
     acc = _round_sum_to_float32(fh_sq[:, None].expand(-1, fw.numel()), fw_sq[None, :].expand(fh.numel(), -1))
@@ -58,8 +58,8 @@ def _frequency_group_map_cpu(rows: int, cols: int, num_groups: int) -> torch.Ten
     order = torch.sort(dist, stable=False).indices  # CPU std::sort tie order, as the official layer
     num_bins = order.numel()
     # Consecutive chunks of the ascending order; equal to the official L = N / KN split when KN divides N.
-    group_of_rank = torch.arange(num_bins, dtype=torch.int64) * num_groups // num_bins
-    group_map = torch.empty(num_bins, dtype=torch.int32)
+    group_of_rank = torch.arange(num_bins, dtype=torch.int64, device="cpu") * num_groups // num_bins
+    group_map = torch.empty(num_bins, dtype=torch.int32, device="cpu")
     group_map[order] = group_of_rank.to(torch.int32)
     return group_map.view(rows, cols // 2 + 1)
 
