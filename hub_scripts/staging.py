@@ -80,15 +80,20 @@ def load_source_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def _timm_pair(variant: Variant, source_checkpoint: Path | None) -> tuple[nn.Module, nn.Module, tuple[int, int, int]]:
     import timm
 
-    source_name = variant.source_repo.removeprefix("timm/")  # '<base>.<tag>'
     overlay: dict[str, Any] | None = None
-    if source_checkpoint is not None:
-        state = load_source_state_dict(source_checkpoint)
-        overlay = dict(state_dict=state)
-    try:
-        source = timm.create_model(source_name, pretrained=True, pretrained_cfg_overlay=_copy_overlay(overlay))
-    except RuntimeError as e:
-        raise ValueError(f"the source checkpoint does not fit {source_name}: {e}") from e
+    if variant.native_class:  # the source is a transformers checkpoint (a folder), e.g. MiT from nvidia/mit-b*
+        _check_transformers_folder(source_checkpoint)
+        source = variant.load_class("native_class").from_pretrained(str(source_checkpoint or variant.source_repo))
+        if source_checkpoint is not None:
+            overlay = dict(state_dict=load_source_state_dict(source_checkpoint / "model.safetensors"))
+    else:
+        source_name = variant.source_repo.removeprefix("timm/")  # '<base>.<tag>'
+        if source_checkpoint is not None:
+            overlay = dict(state_dict=load_source_state_dict(source_checkpoint))
+        try:
+            source = timm.create_model(source_name, pretrained=True, pretrained_cfg_overlay=_copy_overlay(overlay))
+        except RuntimeError as e:
+            raise ValueError(f"the source checkpoint does not fit {source_name}: {e}") from e
     model = timm.create_model(variant.name, pretrained=True, pretrained_cfg_overlay=_copy_overlay(overlay))
     input_size = tuple(model.pretrained_cfg["input_size"])
     return source, model, input_size
@@ -101,10 +106,14 @@ def _copy_overlay(overlay: dict[str, Any] | None) -> dict[str, Any] | None:
     return dict(state_dict=dict(overlay["state_dict"]))
 
 
-def _transformers_pair(variant: Variant, source_checkpoint: Path | None) -> tuple[nn.Module, nn.Module, tuple[int, int, int]]:
-    source_ref = str(source_checkpoint) if source_checkpoint is not None else variant.source_repo
+def _check_transformers_folder(source_checkpoint: Path | None) -> None:
     if source_checkpoint is not None and not (source_checkpoint / "config.json").is_file():
-        raise ValueError(f"transformers variants need a checkpoint folder with config.json and model.safetensors, got {source_checkpoint}")
+        raise ValueError(f"this variant's source is a transformers checkpoint: pass a folder with config.json and model.safetensors, got {source_checkpoint}")
+
+
+def _transformers_pair(variant: Variant, source_checkpoint: Path | None) -> tuple[nn.Module, nn.Module, tuple[int, int, int]]:
+    _check_transformers_folder(source_checkpoint)
+    source_ref = str(source_checkpoint) if source_checkpoint is not None else variant.source_repo
     source = variant.load_class("native_class").from_pretrained(source_ref)
     model = variant.load_class("fdconv_class").from_pretrained(source_ref)
     size = source.config.image_size if isinstance(getattr(source.config, "image_size", None), int) else 224

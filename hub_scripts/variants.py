@@ -10,7 +10,7 @@ __all__ = ["Variant", "all_variants", "get_variant"]
 
 # timm tag fragments -> Hugging Face dataset ids (for the card's `datasets`).
 _TAG_DATASETS = {"in1k": "imagenet-1k", "in22k": "imagenet-21k", "in12k": "timm/imagenet-12k-wds"}
-_NVIDIA_LICENSE = dict(license="other", license_name="nvidia-segformer", license_link="https://github.com/NVlabs/SegFormer/blob/master/LICENSE")
+_NVIDIA_LICENSE = dict(license_name="nvidia-segformer", license_link="https://github.com/NVlabs/SegFormer/blob/master/LICENSE")
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Variant:
     datasets: tuple[str, ...]
     pipeline_tag: str
     fdconv_class: str = ""  # transformers: 'module:Class' of the FDConv model
-    native_class: str = ""  # transformers: 'module:Class' of the source model
+    native_class: str = ""  # 'module:Class' of a transformers source model (transformers variants, timm MiT)
     license_extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -47,9 +47,13 @@ def _timm_variants() -> list[Variant]:
         cfg = timm.models.get_pretrained_cfg(name)
         tag = name.partition(".")[2]
         datasets = tuple(ds for frag, ds in _TAG_DATASETS.items() if frag in tag.split("_"))
-        variants.append(
-            Variant(name, "timm", cfg.hf_hub_id, cfg.license or "other", datasets, "image-classification")
-        )
+        if cfg.hf_hub_id.startswith("timm/"):
+            variants.append(Variant(name, "timm", cfg.hf_hub_id, cfg.license or "other", datasets, "image-classification"))
+        else:  # a transformers checkpoint converted by the timm model's filter (MiT: nvidia/mit-b*)
+            variants.append(Variant(
+                name, "timm", cfg.hf_hub_id, "other", datasets, "image-classification",
+                native_class="transformers:AutoModelForImageClassification", license_extra=_NVIDIA_LICENSE,
+            ))
     return variants
 
 
