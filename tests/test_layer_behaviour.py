@@ -239,3 +239,22 @@ def test_default_device_context_does_not_leak_into_the_grouping():
         assert frequency_group_map(144, 144, 8).device.type == "cpu"
     layer = FDConv(48, 48, 3, padding=1, kernel_num=8)  # same shape, built normally afterwards
     assert layer.frequency_group.device.type == "cpu" and int(layer.frequency_group.max()) == 7
+
+
+def test_reset_attention_respects_guarded_initialisers():
+    """Under transformers' meta-device loading, tensors already loaded are flagged and must be left alone."""
+    from transformers import initialization as hf_init
+
+    layer = FDConv(32, 32, 3, padding=1, kernel_num=8)
+    loaded = {"bn.running_mean": 3.0, "bn.running_var": 5.0, "kernel_fc.weight": 0.5, "fc.weight": 0.25}
+    for name, value in loaded.items():
+        tensor = layer.KSM_Global.get_parameter(name) if "running" not in name else layer.KSM_Global.get_buffer(name)
+        tensor.data.fill_(value)
+        tensor._is_hf_initialized = True
+    layer.KSM_Global.kernel_fc.bias.data.fill_(1.0)  # not loaded: must be reset
+    with hf_init.guard_torch_init_functions():
+        layer.reset_attention()
+    for name, value in loaded.items():
+        tensor = layer.KSM_Global.get_parameter(name) if "running" not in name else layer.KSM_Global.get_buffer(name)
+        assert torch.all(tensor == value), name
+    assert torch.all(layer.KSM_Global.kernel_fc.bias == 0)

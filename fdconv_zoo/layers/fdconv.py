@@ -117,7 +117,11 @@ class KernelSpatialModulationGlobal(nn.Module):
     def reset_parameters(self) -> None:
         """Kaiming descriptor projection (as official); every head zero, so all attentions are neutral."""
         nn.init.kaiming_normal_(self.fc.weight, mode="fan_out", nonlinearity="relu")
-        self.bn.reset_parameters()
+        # BatchNorm's own reset writes its buffers directly; nn.init keeps frameworks that guard the init
+        # functions (transformers' meta-device loading) from overwriting loaded running statistics.
+        for tensor, init_fn in ((self.bn.weight, nn.init.ones_), (self.bn.bias, nn.init.zeros_), (self.bn.running_mean, nn.init.zeros_),
+                                (self.bn.running_var, nn.init.ones_), (self.bn.num_batches_tracked, nn.init.zeros_)):
+            init_fn(tensor)
         self.relu.reset_parameters()
         for head in self.heads():
             nn.init.zeros_(head.weight)
@@ -249,19 +253,20 @@ class FrequencyBandModulation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
+        g, n = self.spatial_group, len(self.k_list)
         compute_dtype = torch.promote_types(x.dtype, torch.float32)
         xf = x.to(compute_dtype)
         masks = band_masks(h, w, self.k_list, self.exact_masks, device=x.device).to(compute_dtype)
         spectrum = torch.fft.rfft2(xf, norm="ortho")
         lows = torch.fft.irfft2(spectrum[:, None] * masks[None, :, None], s=(h, w), norm="ortho")  # (B, n, C, H, W)
-        highs = torch.cat([xf[:, None], lows[:, :-1]], 1) - lows
         att = self._attention_maps(x).to(compute_dtype)  # (B, n_att, G, H, W)
-        g = self.spatial_group
-        n = len(self.k_list)
-        highs = highs.unflatten(2, (g, c // g))
-        out = (att[:, :n, :, None] * highs).sum(1)
-        low = lows[:, -1].unflatten(1, (g, c // g))
-        out = out + (att[:, n, :, None] * low if self.lowfreq_att else low)
+        # sum_j a_j (low_{j-1} - low_j) + a_n low_{n-1}, with low_{-1} = x and a_n = 1 (or the low-band
+        # attention), telescoped into a_0 x + sum_j (a_{j+1} - a_j) low_j: no high-band tensors.
+        last = att[:, n:] if self.lowfreq_att else torch.ones_like(att[:, :1])
+        coefficients = torch.cat([att[:, 1:n], last], 1) - att[:, :n]  # (B, n, G, H, W)
+        out = att[:, 0, :, None] * xf.unflatten(1, (g, c // g))
+        for j in range(n):  # a few bands
+            out = out.addcmul(coefficients[:, j, :, None], lows[:, j].unflatten(1, (g, c // g)))
         return out.flatten(1, 2).to(x.dtype)
 
 
@@ -422,12 +427,16 @@ class FDConv(nn.Module):
         if not self.use_fdconv:
             nn.Conv2d.reset_parameters(self)  # kaiming-uniform weight and fan-in bias, as nn.Conv2d/nn.Linear
             return
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_channels * self.kernel_size[0] ** 2)
-            nn.init.uniform_(self.bias, -bound, bound)
         with torch.no_grad():
             self.dft_weight.copy_(self.default_spectrum())
+        self.reset_bias()
         self.reset_attention()
+
+    def reset_bias(self) -> None:
+        """nn.Conv2d's fan-in uniform bias init."""
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1])
+            nn.init.uniform_(self.bias, -bound, bound)
 
     def default_spectrum(self) -> torch.Tensor:
         """Spectrum of a freshly initialised nn.Conv2d weight (kaiming-uniform, a=sqrt(5)), as the official init.
@@ -533,16 +542,11 @@ class FDConv(nn.Module):
             return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, groups)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
-    def _fold_attention_into_weight(self, positions: int) -> bool:
-        """Channel and filter attentions are separable: fold them into the per-sample weight when it is
-        smaller than the features (the official rule, on the pre-stride size), otherwise scale the features.
-        Both give the same function up to rounding."""
-        return self.out_channels * self.in_channels * self.kernel_size[0] ** 2 < (self.in_channels + self.out_channels) * positions
+    def spectral_weight(self, group_attention: torch.Tensor | None) -> torch.Tensor:
+        """Per-sample weight image from the spectrum and the group attentions: (B, Cout*k, Cin*k).
 
-    def dynamic_weight(self, group_attention: torch.Tensor | None) -> torch.Tensor:
-        """Per-sample static part of the kernel from the spectrum and the group attentions: (B, Cout, Cin, k, k).
-
-        Computed in float32 (float64 for float64 parameters) with autocast off: FFTs lack half precision.
+        ``image[b, o*k+u, i*k+v]`` is the static kernel entry ``[o, i, u, v]`` of sample b (official layout).
+        Computed in float32 (float64 for float64 parameters); callers disable autocast: FFTs lack half precision.
         """
         k = self.kernel_size[0]
         rows, cols = self.out_channels * k, self.in_channels * k
@@ -551,18 +555,56 @@ class FDConv(nn.Module):
         if group_attention is None:  # a single group: the constant attention 1/(KN*P)
             spec = spectrum.sum(0, keepdim=True) * (self.alpha / (self.kernel_num * self.param_ratio))
         else:
-            ka = group_attention.to(dtype).view(-1, self.param_ratio, self.kernel_num)
-            per_bin = ka.index_select(2, self.frequency_group.flatten()).view(-1, self.param_ratio, *self.frequency_group.shape)
-            spec = (spectrum[None] * per_bin[..., None]).sum(1) * self.alpha  # (B, rows, n2, 2)
+            # One gather of the KN group attentions (scaled by alpha) per bin; no scatter into a zero map.
+            ka = group_attention.to(dtype).view(-1, self.param_ratio, self.kernel_num) * self.alpha
+            per_bin = ka[:, :, self.frequency_group, None]  # (B, P, rows, n2, 1)
+            spec = spectrum[0] * per_bin[:, 0] if self.param_ratio == 1 else (spectrum * per_bin).sum(1)
         # The inverse real FFT reads only the Hermitian part of column 0 (and of the Nyquist column when
-        # cols is even); symmetrise them explicitly so every FFT backend computes the same weight.
+        # cols is even); symmetrise them explicitly, in place, so every FFT backend computes the same weight.
         neg = (-torch.arange(rows, device=spec.device)) % rows
-        edge = [0, spec.shape[2] - 1] if cols % 2 == 0 else [0]
-        cols_ = spec[:, :, edge]
-        mirrored = cols_[:, neg] * torch.tensor([1.0, -1.0], device=spec.device, dtype=dtype)
-        spec = spec.index_copy(2, torch.tensor(edge, device=spec.device), (cols_ + mirrored) / 2)
-        image = torch.fft.irfft2(torch.view_as_complex(spec.contiguous()), s=(rows, cols))
-        return image.view(-1, self.out_channels, k, self.in_channels, k).transpose(2, 3)
+        for c in (0, spec.shape[2] - 1) if cols % 2 == 0 else (0,):
+            column, mirrored = spec[:, :, c], spec[:, neg, c]
+            spec[:, :, c] = torch.stack((column[..., 0] + mirrored[..., 0], column[..., 1] - mirrored[..., 1]), -1) * 0.5
+        return torch.fft.irfft2(torch.view_as_complex(spec), s=(rows, cols))
+
+    def _fold_attention_into_weight(self, positions: int) -> bool:
+        """Channel and filter attentions are separable: fold them into the per-sample weight when it is
+        smaller than the features (the official rule, on the pre-stride size), otherwise scale the features.
+        Both give the same function up to rounding."""
+        return self.out_channels * self.in_channels * self.kernel_size[0] ** 2 < (self.in_channels + self.out_channels) * positions
+
+    def _modulated_weight(
+        self,
+        image: torch.Tensor,
+        local_logits: torch.Tensor | None,
+        spatial_att: torch.Tensor | None,
+        channel_att: torch.Tensor | None,
+        filter_att: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Per-sample kernel (B, Cout, Cin, k, k) = weight image x local x spatial x channel x filter attentions.
+
+        The local logits come in (Cout, k, k, Cin) order, the channels-last layout of a conv weight, and the
+        result keeps it (strides, no copy): every small factor is merged first, so the full-size work is one
+        activation, one product with the factors and one with the (strided) weight image.
+        """
+        b, cout, cin, k = image.shape[0], self.out_channels, self.in_channels, self.kernel_size[0]
+        factor = torch.ones((), dtype=image.dtype, device=image.device)  # broadcasts as (B, 1, k, k, Cin)
+        if local_logits is not None and self.ksm_local_act == "sigmoid":
+            factor = factor * self.att_multi
+        if spatial_att is not None:
+            factor = factor * spatial_att.to(image.dtype).view(b, 1, k, k, 1)
+        if channel_att is not None:
+            factor = factor * channel_att.to(image.dtype).view(b, 1, 1, 1, cin)
+        if local_logits is not None:
+            logits = local_logits.to(image.dtype).view(b, cout, k, k, cin)
+            att = torch.sigmoid(logits) if self.ksm_local_act == "sigmoid" else 1.0 + torch.tanh(logits)
+            att = att * factor
+        else:
+            att = factor.expand(b, 1, k, k, cin)
+        if filter_att is not None:
+            att = att * filter_att.to(image.dtype).view(b, cout, 1, 1, 1)
+        weight = att * image.view(b, cout, k, cin, k).permute(0, 1, 2, 4, 3)  # (B, Cout, u, v, Cin)
+        return weight.permute(0, 1, 4, 2, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -574,38 +616,29 @@ class FDConv(nn.Module):
         if self.token_layout:
             lead = x.shape[:-1]
             x = x.reshape(x.shape[0], -1, self.in_channels)
-            pooled = x.mean(1)
-            positions = x.shape[1]
+            pooled, positions = x.mean(1), x.shape[1]
         else:
-            pooled = x.mean((2, 3))
-            positions = x.shape[2] * x.shape[3]
-        b = x.shape[0]
-        cin, cout, k = self.in_channels, self.out_channels, self.kernel_size[0]
+            pooled, positions = x.mean((2, 3)), x.shape[2] * x.shape[3]
+        b, cin, cout, k = x.shape[0], self.in_channels, self.out_channels, self.kernel_size[0]
 
         channel_att, filter_att, spatial_att, group_att = self.KSM_Global(pooled)
+        local_logits = self.KSM_Local(pooled) if hasattr(self, "KSM_Local") else None
+        fold = self._fold_attention_into_weight(positions)
         with torch.autocast(x.device.type, enabled=False):
-            weight = self.dynamic_weight(group_att)
-        if hasattr(self, "KSM_Local"):
-            local_logits = self.KSM_Local(pooled).view(b, cout, k, k, cin).permute(0, 1, 4, 2, 3)
-            weight = weight * _attention(local_logits, self.ksm_local_act, self.att_multi)
-        if spatial_att is not None:
-            weight = weight * spatial_att.view(b, 1, 1, k, k)
+            weight = self._modulated_weight(
+                self.spectral_weight(group_att), local_logits, spatial_att,
+                channel_att if fold else None, filter_att if fold else None,
+            )
         if hasattr(self, "FBM"):
             x = self.FBM(x)
-
-        weight_branch = self._fold_attention_into_weight(positions)
-        if channel_att is not None:
-            if weight_branch:
-                weight = weight * channel_att.view(b, 1, cin, 1, 1)
-            else:
-                x = x * (channel_att.view(b, 1, cin) if self.token_layout else channel_att.view(b, cin, 1, 1))
-        if filter_att is not None and weight_branch:
-            weight = weight * filter_att.view(b, cout, 1, 1, 1)
-        weight = weight.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else weight
+        if channel_att is not None and not fold:
+            x = x * (channel_att.view(b, 1, cin) if self.token_layout else channel_att.view(b, cin, 1, 1)).to(x.dtype)
+        if not torch.is_autocast_enabled(x.device.type):
+            weight = weight.to(x.dtype)
 
         if self.token_layout:
-            y = torch.bmm(x, weight.view(b, cout, cin).transpose(1, 2))
-            if filter_att is not None and not weight_branch:
+            y = torch.bmm(x, weight.reshape(b, cout, cin).transpose(1, 2))
+            if filter_att is not None and not fold:
                 y = y * filter_att.view(b, 1, cout).to(y.dtype)
             if self.bias is not None:
                 y = y + self.bias.to(y.dtype)
@@ -614,7 +647,7 @@ class FDConv(nn.Module):
         h, w = x.shape[-2:]
         y = self._conv(x.reshape(1, b * cin, h, w), weight.reshape(b * cout, cin, k, k), groups=b)
         y = y.view(b, cout, *y.shape[-2:])
-        if filter_att is not None and not weight_branch:
+        if filter_att is not None and not fold:
             y = y * filter_att.view(b, cout, 1, 1).to(y.dtype)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1).to(y.dtype)
