@@ -7,6 +7,7 @@ from . import timm_models, transformers_models  # noqa: F401  (registration side
 from .conversion import conv_weight_to_spectrum, convert_state_dict, spectrum_to_conv_weight
 from .layers import FDConv
 from .surgery import PAPER_FDCONV_KWARGS, convert_to_fdconv, count_parameters
+from .timm_models import save_fdconv_for_hf
 
 __version__ = "0.1.0.dev0"
 
@@ -17,6 +18,7 @@ __all__ = [
     "convert_state_dict",
     "convert_to_fdconv",
     "count_parameters",
+    "save_fdconv_for_hf",
     "spectrum_to_conv_weight",
     "__version__",
 ]

@@ -180,9 +180,7 @@ def _stamp_safetensors(path: Path, metadata: dict[str, str]) -> None:
 
 def _save_folder(variant: Variant, model: nn.Module, folder: Path, source_checkpoint: Path | None) -> None:
     if variant.library == "timm":
-        from fdconv_zoo.timm_models._builder import save_fdconv_for_hf
-
-        save_fdconv_for_hf(model, folder)
+        fdconv_zoo.save_fdconv_for_hf(model, folder)
         return
     from transformers import AutoImageProcessor
 

@@ -109,7 +109,7 @@ def test_publish_stages_the_expected_files(published):
     assert sorted(p.name for p in published.folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((published.folder / "config.json").read_text())
     assert config["architecture"] == "resnet18_fdconv"
-    assert not {"num_classes", "in_chans", "global_pool"} & set(config.get("model_args", {}))
+    assert "num_classes" not in config.get("model_args", {})
     with safe_open(str(published.folder / "model.safetensors"), framework="pt") as f:
         meta = f.metadata()
         assert "layer1.0.conv1.dft_weight" in f.keys() and "layer1.0.conv1.weight" not in f.keys()
@@ -235,3 +235,63 @@ def test_legacy_checkpoints_load_with_weights_only(tmp_path):
         load_source_state_dict(tmp_path / "pickle.pth")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_source_state_dict(tmp_path / "missing.safetensors")
+
+
+# ------------------------------------------------------------------------- transformers-format sources
+def _native_segformer_folder(path: Path, task: str, **config_kwargs) -> Path:
+    """A random native SegFormer checkpoint in the Hub's (<= 5.8) key layout, with its image processor."""
+    from transformers import SegformerConfig, SegformerForImageClassification, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(0)
+    config = SegformerConfig(**config_kwargs)
+    cls = SegformerForSemanticSegmentation if task == "segmentation" else SegformerForImageClassification
+    model = cls(config).eval()
+    with torch.no_grad():  # non-trivial norms so every projection matters
+        for m in model.modules():
+            if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)) and m.weight is not None:
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.1)
+    model.save_pretrained(path, save_original_format=True)
+    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(path)
+    return path
+
+
+def test_transformers_variant_stages_a_loadable_folder(tmp_path, hub_repo):
+    from transformers import AutoModelForSemanticSegmentation, SegformerForSemanticSegmentation
+
+    variant = "fdconv-segformer-b0-finetuned-ade-512-512"
+    tiny = dict(hidden_sizes=[32, 48, 64, 96], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=64, num_labels=5, image_size=64)
+    source = _native_segformer_folder(tmp_path / "src", "segmentation", **tiny)
+    api = RecordingApi()
+    assert main([variant, "--org", ORG, "--source-checkpoint", str(source), "--out", str(tmp_path / "out"), "--dry-run"], api=api) == 0
+    assert api.calls == []  # dry run: no Hub call at all
+    folder = tmp_path / "out" / variant
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {p.name for p in folder.iterdir()}
+    repo_id = f"{ORG}/{variant}"
+    hub_repo(repo_id, {p.name: p for p in folder.iterdir()})
+    native = SegformerForSemanticSegmentation.from_pretrained(source).eval()
+    model = AutoModelForSemanticSegmentation.from_pretrained(repo_id).eval()
+    assert type(model).__name__ == "FDConvSegformerForSemanticSegmentation"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert relative_error(model(pixel_values=x).logits, native(pixel_values=x).logits) <= 1e-4
+    data = ModelCard.load(folder / "README.md").data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "image-segmentation"
+    assert data["license"] == "other" and data["license_name"] == "nvidia-segformer" and data["datasets"] == ["scene_parse_150"]
+    assert data["base_model"] == "nvidia/segformer-b0-finetuned-ade-512-512"
+
+
+def test_timm_mit_variant_converts_a_transformers_checkpoint(tmp_path, hub_repo):
+    """mit_b0_fdconv.in1k's source is nvidia/mit-b0, a transformers checkpoint: verified against the native model."""
+    mit_b0 = dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8], num_labels=1000)
+    source = _native_segformer_folder(tmp_path / "mit-b0", "classification", **mit_b0)
+    assert main(["mit_b0_fdconv.in1k", "--org", ORG, "--source-checkpoint", str(source), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    folder = tmp_path / "out" / "mit_b0_fdconv.in1k"
+    hub_repo(f"{ORG}/mit_b0_fdconv.in1k", {p.name: p for p in folder.iterdir()})
+    from transformers import SegformerForImageClassification
+
+    native = SegformerForImageClassification.from_pretrained(source).eval()
+    model = timm.create_model(f"hf-hub:{ORG}/mit_b0_fdconv.in1k", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert relative_error(model(x), native(pixel_values=x).logits) <= 1e-4
+    assert ModelCard.load(folder / "README.md").data.to_dict()["license_name"] == "nvidia-segformer"
