@@ -27,5 +27,21 @@ def perturb_attention(model: nn.Module, seed: int = 0, scale: float = 0.5) -> nn
     return model
 
 
+@torch.no_grad()
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Move every norm affine, bias, layer scale and BN statistic away from its init, so that no branch is
+    switched off (timm's ResNet zero-inits bn3, ConvNeXt's layer scale starts at 1e-6) and each layer matters
+    in an equivalence check."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        if p.dim() <= 1:
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_(0.0, 0.1, generator=gen)
+            m.running_var.uniform_(0.5, 1.5, generator=gen)
+    return model
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import fdconv_zoo  # noqa: F401
-from fdconv_testing import relative_error
+from fdconv_testing import randomize_norms, relative_error
 from hub_scripts.publish import main
 from hub_scripts.staging import load_source_state_dict
 from hub_scripts.upload import upload_folder_if_changed
@@ -80,11 +80,7 @@ def _source_state_dict(arch: str) -> dict[str, torch.Tensor]:
     """Random source weights with non-trivial BatchNorms (timm zero-inits the last BN of each block,
     which would make every residual conv irrelevant to the output and the verification vacuous)."""
     torch.manual_seed(0)
-    model = timm.create_model(arch)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.1), m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2)
+    model = randomize_norms(timm.create_model(arch))
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 

@@ -18,6 +18,7 @@ import safetensors.torch
 import timm
 import torch
 import torch.nn as nn
+from fdconv_testing import perturb_attention, randomize_norms, relative_error
 from hub_cache import write_hub_repo
 from timm.models import get_arch_pretrained_cfgs, get_pretrained_cfg, save_for_hf
 
@@ -71,35 +72,6 @@ def input_for(base: str, chans: int = 3, full_size: bool = True) -> torch.Tensor
     return torch.randn(batch, chans, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).abs().max() / ref.abs().max()).item()
-
-
-@torch.no_grad()
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Move every norm affine, bias, layer scale and BN statistic away from its init, so that no branch is
-    switched off (ResNet zero-inits bn3, ConvNeXt's layer scale starts at 1e-6) and each layer matters."""
-    g = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        if p.dim() <= 1:
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.normal_(0.0, 0.1, generator=g)
-            m.running_var.uniform_(0.5, 1.5, generator=g)
-    return model
-
-
-@torch.no_grad()
-def perturb_attention_(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Move the FDConv attention parameters off their neutral zero init (trained FDConv models are not neutral)."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if any(part in name for part in ("KSM_Global", "KSM_Local", "FBM")):
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model
-
-
 _published: dict[tuple[str, str], nn.Module] = {}
 
 
@@ -110,7 +82,7 @@ def publish_source(base: str, tag: str | None = None, full_depth: bool = False) 
     tag = tag or PRETRAINED[base]
     if (base, tag) not in _published:
         source = timm.create_model(f"{base}.{tag}", **({} if full_depth else REDUCED.get(base, {})))
-        randomize_(source).eval()
+        randomize_norms(source).eval()
         with tempfile.TemporaryDirectory() as folder:
             save_for_hf(source, folder, safe_serialization=True)
             write_hub_repo(f"timm/{base}.{tag}", {n: Path(folder, n) for n in ("model.safetensors", "config.json")})
@@ -195,7 +167,7 @@ def test_generic_timm_checks(base):
     torch.manual_seed(0)
     model = timm.create_model(f"{base}_fdconv", num_classes=7, in_chans=1, **generic_kwargs(base))
     # randomize_: timm zero-inits the last BN of each ResNet block, which would cut every gradient into it
-    perturb_attention_(randomize_(model)).train()
+    perturb_attention(randomize_norms(model)).train()
     x = input_for(base, chans=1, full_size=False)
     out = model(x)
     assert out.shape == (2, 7) and torch.isfinite(out).all()
@@ -214,30 +186,30 @@ def test_generic_timm_checks(base):
         pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
         assert pre_logits.shape == (2, model.num_features)
         model.reset_classifier(0)
-        assert rel_err(model(x), pre_logits) < 1e-6
+        assert relative_error(model(x), pre_logits) < 1e-6
         model.reset_classifier(3)
         assert model(x).shape == (2, 3)
 
 
 @pytest.mark.parametrize("base", ["resnet18", "convnext_atto", "swin_tiny_patch4_window7_224"])
 def test_grad_checkpointing_computes_the_same(base):
-    model = perturb_attention_(timm.create_model(f"{base}_fdconv", **generic_kwargs(base))).eval()
+    model = perturb_attention(timm.create_model(f"{base}_fdconv", **generic_kwargs(base))).eval()
     x = input_for(base, full_size=False)[:1].requires_grad_()
     with torch.no_grad():
         ref = model(x)
     model.set_grad_checkpointing(True)
     out = model(x)
     out.sum().backward()
-    assert rel_err(out.detach(), ref) < 1e-6 and x.grad is not None
+    assert relative_error(out.detach(), ref) < 1e-6 and x.grad is not None
 
 
 def test_torch_compile_smoke():  # ~1 min with a cold inductor cache on 2 CPU cores
-    model = perturb_attention_(timm.create_model("convnext_atto_fdconv")).eval()
+    model = perturb_attention(timm.create_model("convnext_atto_fdconv")).eval()
     x = input_for("convnext_atto")[:1]
     with torch.no_grad():
         ref = model(x)
         out = torch.compile(model)(x)
-    assert rel_err(out, ref) < 1e-4
+    assert relative_error(out, ref) < 1e-4
 
 
 # --------------------------------------------------------------------------------- pretrained (offline)
@@ -250,7 +222,7 @@ def test_pretrained_equals_source_logits(base):
     with torch.no_grad():
         ref, out = source(x), model(x)
     assert out.shape == ref.shape == (len(x), source.num_classes)
-    assert rel_err(out, ref) <= RTOL
+    assert relative_error(out, ref) <= RTOL
 
 
 @pytest.mark.slow
@@ -262,7 +234,7 @@ def test_pretrained_equals_source_logits_full_depth(base):
     model = timm.create_model(f"{base}_fdconv.{tag}", pretrained=True).eval()
     x = input_for(base)[:1]
     with torch.no_grad():
-        assert rel_err(model(x), source(x)) <= RTOL
+        assert relative_error(model(x), source(x)) <= RTOL
 
 
 @pytest.mark.parametrize("base", ["resnet18", "convnext_atto"])
@@ -275,7 +247,7 @@ def test_pretrained_adapts_head_and_stem_like_timm(base):
     x = input_for(base, chans=1)
     with torch.no_grad():
         assert model(x).shape == (len(x), 5)
-        assert rel_err(model.forward_head(model.forward_features(x), pre_logits=True),
+        assert relative_error(model.forward_head(model.forward_features(x), pre_logits=True),
                        ref_model.forward_head(ref_model.forward_features(x), pre_logits=True)) <= RTOL
 
 
@@ -294,7 +266,7 @@ def test_features_only_matches_base_model(base):
     for f, r, c in zip(feats, ref_feats, model.feature_info.channels()):
         assert f.shape == r.shape
         assert f.shape[-1 if is_swin(base) else 1] == c  # Swin keeps timm's NHWC layout
-        assert rel_err(f, r) <= RTOL
+        assert relative_error(f, r) <= RTOL
 
 
 @pytest.mark.parametrize("base", ["resnet18", "convnext_tiny", "swin_tiny_patch4_window7_224"])
@@ -305,9 +277,9 @@ def test_forward_intermediates_matches_base_model(base):
     with torch.no_grad():
         final, inter = model.forward_intermediates(x)
         ref_final, ref_inter = source.forward_intermediates(x)
-    assert rel_err(final, ref_final) <= RTOL
+    assert relative_error(final, ref_final) <= RTOL
     assert len(inter) == len(ref_inter)
-    assert all(i.shape == r.shape and rel_err(i, r) <= RTOL for i, r in zip(inter, ref_inter))
+    assert all(i.shape == r.shape and relative_error(i, r) <= RTOL for i, r in zip(inter, ref_inter))
 
 
 def _save_own_repo(model: nn.Module, repo_id: str, tmp_path: Path) -> dict:
@@ -319,7 +291,7 @@ def _save_own_repo(model: nn.Module, repo_id: str, tmp_path: Path) -> dict:
 @pytest.mark.parametrize("base", ["resnet18", "convnext_atto", "swin_tiny_patch4_window7_224"])
 def test_hf_hub_loads_converted_checkpoint(base, tmp_path):
     publish_source(base)
-    model = perturb_attention_(create_pretrained(base, fdconv_cfg=dict(kernel_num=8))).eval()
+    model = perturb_attention(create_pretrained(base, fdconv_cfg=dict(kernel_num=8))).eval()
     repo_id = f"{OWN_ORG}/{base}_fdconv.{PRETRAINED[base]}"
     config = _save_own_repo(model, repo_id, tmp_path)
     assert config["architecture"] == f"{base}_fdconv"
@@ -332,14 +304,14 @@ def test_hf_hub_loads_converted_checkpoint(base, tmp_path):
     assert all(m.kernel_num == 8 for m in loaded.modules() if isinstance(m, FDConv))
     x = input_for(base)
     with torch.no_grad():
-        assert rel_err(loaded(x), model(x)) <= 1e-6
+        assert relative_error(loaded(x), model(x)) <= 1e-6
 
 
 def test_transformers_timm_wrapper_loads_fdconv_repo(tmp_path):
     from transformers import AutoModelForImageClassification
 
     publish_source("resnet18")
-    model = perturb_attention_(create_pretrained("resnet18", in_chans=1, global_pool="max")).eval()
+    model = perturb_attention(create_pretrained("resnet18", in_chans=1, global_pool="max")).eval()
     repo_id = f"{OWN_ORG}/resnet18_fdconv.wrapper"
     config = _save_own_repo(model, repo_id, tmp_path)
     assert config["model_args"] == {"in_chans": 1, "global_pool": "max"}  # num_classes dropped, the rest kept
@@ -347,8 +319,8 @@ def test_transformers_timm_wrapper_loads_fdconv_repo(tmp_path):
     assert type(wrapped).__name__ == "TimmWrapperForImageClassification"
     x = input_for("resnet18")[:, :1]
     with torch.no_grad():
-        assert rel_err(wrapped(pixel_values=x).logits, model(x)) <= 1e-6
-        assert rel_err(timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()(x), model(x)) <= 1e-6
+        assert relative_error(wrapped(pixel_values=x).logits, model(x)) <= 1e-6
+        assert relative_error(timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()(x), model(x)) <= 1e-6
 
 
 # ------------------------------------------------------------------------------------------- bad input
