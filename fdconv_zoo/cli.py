@@ -81,7 +81,7 @@ def _demo(args: argparse.Namespace) -> int:
     header = f"{'model':18} {'parameters':>10} {'accuracy':>9} {'train s':>8}  saved to"
     _logger.info("\n%s\n%s", header, "-" * (len(header) + 30))
     for r in results:
-        _logger.info(f"{r.model:18} {r.parameters:>10,} {r.accuracy:>9.4f} {r.train_seconds:>8.0f}  {r.saved_to}")
+        _logger.info(f"{r.model_name:18} {r.parameters:>10,} {r.accuracy:>9.4f} {r.train_seconds:>8.0f}  {r.saved_to}")
     _logger.info("\nLoad a result with: import fdconv_zoo, timm; timm.create_model('local-dir:%s', pretrained=True)", results[0].saved_to)
     return 0
 

@@ -10,6 +10,7 @@ with a model card.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,12 +32,13 @@ BUILTIN_DATASETS = ("digits",)
 
 @dataclass
 class FinetuneResult:
-    model: str
+    model_name: str
     accuracy: float
     eval_loss: float
     parameters: int
     train_seconds: float
     saved_to: Path
+    model: torch.nn.Module  # the trained TimmWrapperForImageClassification
 
 
 def _digits() -> Any:
@@ -166,7 +168,8 @@ def finetune_classification(
     """Fine-tune ``model_name`` on ``dataset`` and save it to ``output_dir/model``.
 
     Checkpoints go to ``output_dir/checkpoints`` after every epoch; a run that finds one there (an
-    interrupted fine-tune) resumes from it.
+    interrupted fine-tune) resumes from it. Under ``torchrun``/``accelerate launch`` the same call trains
+    with DDP (gloo on CPU, NCCL on GPUs); only the main process writes the model.
     """
     from huggingface_hub import ModelCard, ModelCardData
     from transformers import Trainer, TrainingArguments, set_seed
@@ -197,6 +200,11 @@ def finetune_classification(
         seed=seed,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without a GPU, Trainer/accelerate only sets up multi-process (torchrun, accelerate launch) training
+        # when told the run is on the CPU; gloo is the CPU backend.
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_find_unused_parameters=False,  # every parameter, FDConv attentions included, must get a gradient
     )
     trainer = Trainer(
         model=model,
@@ -214,8 +222,11 @@ def finetune_classification(
     seconds = time.perf_counter() - start
     metrics = trainer.evaluate()
 
-    saved = save_fdconv_for_hf(model.timm_model, output_dir / "model")
+    saved = output_dir / "model"
     parameters = sum(p.numel() for p in model.parameters())
+    if not trainer.is_world_process_zero():  # distributed runs: one writer
+        return FinetuneResult(model_name, metrics["eval_accuracy"], metrics["eval_loss"], parameters, seconds, saved, model)
+    save_fdconv_for_hf(model.timm_model, saved)
     size = model.timm_model.pretrained_cfg.get("input_size", (3, image_size))[-1] if image_size is None else image_size
     card = ModelCard.from_template(
         ModelCardData(library_name="timm", tags=["fdconv", "image-classification", "fdconv-zoo"], datasets=[dataset] if dataset != "digits" else None),
@@ -225,5 +236,5 @@ def finetune_classification(
         test_examples=len(data["test"]),
     )
     card.save(saved / "README.md")
-    return FinetuneResult(model_name, metrics["eval_accuracy"], metrics["eval_loss"], parameters, seconds, saved)
+    return FinetuneResult(model_name, metrics["eval_accuracy"], metrics["eval_loss"], parameters, seconds, saved, model)
 

@@ -75,3 +75,29 @@ def test_dataset_without_labels_names_the_fix(tmp_path):
 def test_unknown_model_lists_the_fdconv_models(tmp_path):
     with pytest.raises(ValueError, match=r"unknown timm model 'resnet51_fdconv'.*resnet50_fdconv"):
         finetune_classification("resnet51_fdconv", "digits", tmp_path, epochs=1)
+
+
+def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path):
+    """torchrun, 2 processes, gloo: the same entry point trains with DDP (every parameter used) and both ranks
+    end with identical weights; only rank 0 writes the model folder."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(worker), str(tmp_path)]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert rank0.keys() == rank1.keys() and any(k.endswith("dft_weight") for k in rank0)
+    differing = {k for k in rank0 if not torch.equal(rank0[k], rank1[k])}
+    # Every parameter is identical. DDP broadcasts buffers from rank 0 before each forward, so only the
+    # BatchNorm running statistics of the last step differ (rank 0's are the ones saved).
+    assert all(k.endswith((".running_mean", ".running_var")) for k in differing)
+    state = json.loads(next((tmp_path / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["global_step"] == 12  # ceil(1437 / (64 per rank x 2 ranks)): the data was split, not duplicated
+    assert (tmp_path / "model" / "model.safetensors").is_file()
