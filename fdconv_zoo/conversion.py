@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .layers.fdconv import FDConv
+from .layers.frequency import inverse_weight_spectrum
 
 __all__ = ["conv_weight_to_spectrum", "spectrum_to_conv_weight", "convert_state_dict"]
 
@@ -54,20 +55,9 @@ def spectrum_to_conv_weight(dft_weight: torch.Tensor, in_channels: int, kernel_s
     if rows % k or dft_weight.shape[2] != cols // 2 + 1:
         raise ValueError(f"dft_weight of shape {tuple(dft_weight.shape)} does not fit in_channels={in_channels}, kernel_size={k}")
     cout = rows // k
-    spectrum = torch.view_as_complex(dft_weight.double().sum(0).contiguous()) * (min(cout, in_channels) // 2)
-    image = torch.fft.irfft2(_hermitian_edges(spectrum, cols), s=(rows, cols))
+    spectrum = dft_weight.double().sum(0) * (min(cout, in_channels) // 2)  # a fresh tensor
+    image = inverse_weight_spectrum(spectrum, cols)
     return image.view(cout, k, in_channels, k).transpose(1, 2).to(dft_weight.dtype)
-
-
-def _hermitian_edges(spectrum: torch.Tensor, cols: int) -> torch.Tensor:
-    """Replace column 0 (and the Nyquist column for even ``cols``) by its Hermitian part, as irfft reads it."""
-    rows = spectrum.shape[-2]
-    neg = (-torch.arange(rows, device=spectrum.device)) % rows
-    spectrum = spectrum.clone()
-    for c in {0, spectrum.shape[-1] - 1} if cols % 2 == 0 else {0}:
-        col = spectrum[..., :, c]
-        spectrum[..., :, c] = (col + col[..., neg].conj()) / 2
-    return spectrum
 
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, *, fill_missing: bool = True) -> dict[str, torch.Tensor]:
@@ -90,7 +80,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
         if weight_key in out and dft_key not in out:
             weight = out.pop(weight_key)
             expected = module.conv_weight_shape
-            if tuple(weight.shape) not in (expected, expected[:2] if module.kernel_size == (1, 1) else expected):
+            if not module.accepts_conv_weight(weight.shape):
                 raise ValueError(f"{weight_key}: shape {tuple(weight.shape)} does not match the model, which expects {expected}")
             out[dft_key] = conv_weight_to_spectrum(weight.reshape(expected).to(module.dft_weight.dtype), module.param_ratio)
             converted += 1

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .frequency import band_masks, frequency_group_map
+from .frequency import band_masks, frequency_group_map, inverse_weight_spectrum
 
 __all__ = [
     "FDConv",
@@ -496,7 +496,7 @@ class FDConv(nn.Module):
         from ..conversion import conv_weight_to_spectrum
 
         expected = self.conv_weight_shape
-        if tuple(weight.shape) not in (expected, expected[:2] if self.kernel_size == (1, 1) else expected):
+        if not self.accepts_conv_weight(weight.shape):
             raise ValueError(f"weight of shape {tuple(weight.shape)} does not fit this layer; expected {expected}")
         if self.use_fdconv:
             self.dft_weight.copy_(conv_weight_to_spectrum(weight.reshape(expected), self.param_ratio))
@@ -511,6 +511,12 @@ class FDConv(nn.Module):
     def conv_weight_shape(self) -> tuple[int, ...]:
         """Shape of the equivalent static ``nn.Conv2d`` weight."""
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    def accepts_conv_weight(self, shape: Sequence[int]) -> bool:
+        """Whether a plain weight of ``shape`` converts into this layer: the conv weight, or (out, in) of an
+        ``nn.Linear`` for a 1x1 layer."""
+        expected = self.conv_weight_shape
+        return tuple(shape) == expected or (self.kernel_size == (1, 1) and tuple(shape) == expected[:2])
 
     # nn.Linear-style aliases, so the token-layout form is a drop-in for nn.Linear.
     @property
@@ -548,8 +554,7 @@ class FDConv(nn.Module):
         ``image[b, o*k+u, i*k+v]`` is the static kernel entry ``[o, i, u, v]`` of sample b (official layout).
         Computed in float32 (float64 for float64 parameters); callers disable autocast: FFTs lack half precision.
         """
-        k = self.kernel_size[0]
-        rows, cols = self.out_channels * k, self.in_channels * k
+        cols = self.in_channels * self.kernel_size[0]
         dtype = torch.promote_types(self.dft_weight.dtype, torch.float32)
         spectrum = self.dft_weight.to(dtype)  # (P, rows, n2, 2)
         if group_attention is None:  # a single group: the constant attention 1/(KN*P)
@@ -559,13 +564,7 @@ class FDConv(nn.Module):
             ka = group_attention.to(dtype).view(-1, self.param_ratio, self.kernel_num) * self.alpha
             per_bin = ka[:, :, self.frequency_group, None]  # (B, P, rows, n2, 1)
             spec = spectrum[0] * per_bin[:, 0] if self.param_ratio == 1 else (spectrum * per_bin).sum(1)
-        # The inverse real FFT reads only the Hermitian part of column 0 (and of the Nyquist column when
-        # cols is even); symmetrise them explicitly, in place, so every FFT backend computes the same weight.
-        neg = (-torch.arange(rows, device=spec.device)) % rows
-        for c in (0, spec.shape[2] - 1) if cols % 2 == 0 else (0,):
-            column, mirrored = spec[:, :, c], spec[:, neg, c]
-            spec[:, :, c] = torch.stack((column[..., 0] + mirrored[..., 0], column[..., 1] - mirrored[..., 1]), -1) * 0.5
-        return torch.fft.irfft2(torch.view_as_complex(spec), s=(rows, cols))
+        return inverse_weight_spectrum(spec, cols)  # spec is a fresh tensor: symmetrised in place
 
     def _fold_attention_into_weight(self, positions: int) -> bool:
         """Channel and filter attentions are separable: fold them into the per-sample weight when it is

@@ -1,4 +1,5 @@
-"""Input-independent frequency tables of FDConv: the disjoint weight groups and the FBM band masks.
+"""Frequency-domain helpers of FDConv: the disjoint weight groups, the FBM band masks, and the inverse
+transform of a weight spectrum.
 
 Both depend only on shapes, so they are computed once per shape on the CPU and cached. The grouping
 reproduces the official layer bit for bit (FDCONV_SPEC §4.2): bins are ordered by their float32
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FBM_MASK_GRID", "band_masks", "frequency_group_map", "radial_frequency"]
+__all__ = ["FBM_MASK_GRID", "band_masks", "frequency_group_map", "inverse_weight_spectrum", "radial_frequency"]
 
 FBM_MASK_GRID = (64, 64)  # official FBM precomputes its masks on this grid and resizes them
 
@@ -97,3 +98,18 @@ def band_masks(height: int, width: int, cutoffs: Sequence[int], exact: bool = Fa
     cheb = _chebyshev_frequency(*FBM_MASK_GRID, device)
     grid = torch.stack([cheb < 0.5 / k + 1e-8 for k in cutoffs]).float()
     return F.interpolate(grid[:, None], size=(height, width // 2 + 1), mode="nearest")[:, 0]
+
+
+def inverse_weight_spectrum(spectrum: torch.Tensor, cols: int) -> torch.Tensor:
+    """``irfft2`` of a (..., rows, cols//2+1, 2) spectrum of (real, imag) pairs to (..., rows, cols).
+
+    The inverse real FFT reads only the Hermitian part of column 0 (and of the Nyquist column when ``cols`` is
+    even); those columns are symmetrised explicitly, in place (pass a tensor you own), so every FFT backend
+    computes the same weight whatever it does with non-Hermitian input.
+    """
+    rows = spectrum.shape[-3]
+    neg = (-torch.arange(rows, device=spectrum.device)) % rows
+    for c in (0, spectrum.shape[-2] - 1) if cols % 2 == 0 else (0,):
+        column, mirrored = spectrum[..., :, c, :], spectrum[..., neg, c, :]
+        spectrum[..., :, c, :] = torch.stack((column[..., 0] + mirrored[..., 0], column[..., 1] - mirrored[..., 1]), -1) * 0.5
+    return torch.fft.irfft2(torch.view_as_complex(spectrum), s=(rows, cols))
