@@ -1,0 +1,167 @@
+"""The fast formulations of FDConv compute the same function as the official formulations.
+
+The layer computes the FBM band split as partial-DFT matrix products, the local attention as a matrix
+product over sliding windows, and the per-sample convolution as a loop, a grouped convolution or im2col +
+batched matmul. Each is checked against the official formulation written out here (2-D FFTs with the
+official masks, the 1-input-channel Conv1d, one grouped convolution), in float64, on odd sizes, batch 1,
+strides, dilations and padding modes; the golden vectors check the whole layer against the official code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fdconv_zoo.layers.fdconv as fdconv_module
+from fdconv_testing import perturb_attention, relative_error
+from fdconv_zoo import FDConv
+from fdconv_zoo.layers.frequency import band_lowpass, band_masks
+
+
+def official_band_masks(h: int, w: int, cutoffs, exact: bool) -> torch.Tensor:
+    """The official masks: Chebyshev low-pass on the 64x64 grid, nearest-resized (or at the true size)."""
+
+    def chebyshev(rows: int, cols: int) -> torch.Tensor:
+        return torch.maximum(torch.fft.fftfreq(rows).abs()[:, None], torch.fft.rfftfreq(cols).abs()[None, :])
+
+    if exact:
+        return torch.stack([chebyshev(h, w) < 0.5 / k + 1e-8 for k in cutoffs]).float()
+    grid = torch.stack([chebyshev(64, 64) < 0.5 / k + 1e-8 for k in cutoffs]).float()
+    return F.interpolate(grid[:, None], size=(h, w // 2 + 1), mode="nearest")[:, 0]
+
+
+def official_band_lowpass(x: torch.Tensor, cutoffs, exact: bool) -> torch.Tensor:
+    masks = official_band_masks(*x.shape[-2:], cutoffs, exact).to(x.dtype)
+    spectrum = torch.fft.rfft2(x, norm="ortho")
+    return torch.fft.irfft2(spectrum[:, None] * masks[None, :, None], s=x.shape[-2:], norm="ortho")
+
+
+SIZES = [(1, 1), (2, 3), (5, 8), (7, 7), (14, 15), (20, 28), (33, 20), (56, 56), (64, 64), (97, 130)]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_band_masks_equal_the_official_construction_at_every_size(exact):
+    cutoffs = [2, 3, 4, 8, 16]
+    sizes = [(h, w) for h in range(1, 140, 3) for w in (*range(1, 40), h, 2 * h + 1, 255, 256)]
+    mismatched = [(h, w) for h, w in sizes if not torch.equal(band_masks(h, w, cutoffs, exact), official_band_masks(h, w, cutoffs, exact))]
+    assert not mismatched, f"{len(mismatched)} sizes differ, e.g. {mismatched[:5]}"
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("size", SIZES)
+def test_matmul_band_split_equals_the_fft_band_split(size, exact):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    expected = official_band_lowpass(x, [2, 4, 8], exact)
+    for j, low in enumerate(band_lowpass(x, [2, 4, 8], exact)):
+        assert (low - expected[:, j]).abs().max() < 1e-12
+
+
+def test_matmul_band_split_float32_is_as_accurate_as_the_fft():
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 56, 56, dtype=torch.float64)
+    reference = official_band_lowpass(x, [2, 4, 8], False)
+    err_matmul = max(relative_error(low, reference[:, j]) for j, low in enumerate(band_lowpass(x.float(), [2, 4, 8])))
+    err_fft = relative_error(official_band_lowpass(x.float(), [2, 4, 8], False), reference)
+    assert err_matmul < 4 * max(err_fft, 1e-7)
+
+
+def test_local_attention_equals_the_official_conv1d():
+    torch.manual_seed(0)
+    layer = perturb_attention(FDConv(40, 24, 3, padding=1, kernel_num=4)).double()
+    pooled = torch.randn(3, 40, dtype=torch.float64)
+    local = layer.KSM_Local
+    official = local.conv(local.norm(pooled)[:, None, :])  # (B, Cout*k*k, Cin), official layout
+    expected = official.view(3, 24, 3, 3, 40).permute(0, 1, 4, 2, 3)
+    assert (local(pooled) - expected).abs().max() < 1e-12
+
+
+CONV_CASES = [
+    dict(in_channels=24, out_channels=32, kernel_size=3, padding=1),
+    dict(in_channels=32, out_channels=24, kernel_size=3, stride=2, padding=1),
+    dict(in_channels=24, out_channels=24, kernel_size=3, padding=2, dilation=2),
+    dict(in_channels=24, out_channels=40, kernel_size=3, padding=1, padding_mode="reflect"),
+    dict(in_channels=24, out_channels=24, kernel_size=3, padding="same", bias=True),
+    dict(in_channels=48, out_channels=32, kernel_size=1),
+    dict(in_channels=32, out_channels=48, kernel_size=1, stride=2),
+]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_per_sample_convolution_formulations_agree(monkeypatch, case, batch):
+    torch.manual_seed(0)
+    layer = FDConv(**case, kernel_num=4).double()
+    x = torch.randn(batch, layer.in_channels, 11, 9, dtype=torch.float64)
+    weight = torch.randn(batch, layer.out_channels, layer.in_channels, *layer.kernel_size, dtype=torch.float64)
+    expected = torch.cat([nn.Conv2d.forward(_plain_conv(layer, weight[i]), x[i : i + 1]) for i in range(batch)])
+    loop = layer._per_sample_conv(x, weight)  # the CPU formulation
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    grouped = layer._per_sample_conv(x, weight)
+    monkeypatch.setattr(fdconv_module, "_is_exporting", lambda: True)
+    matmul = layer._per_sample_conv(x, weight)
+    for name, y in (("loop", loop), ("grouped", grouped), ("im2col", matmul)):
+        assert y.shape == expected.shape, name
+        assert (y - expected).abs().max() < 1e-12, name
+
+
+def _plain_conv(layer: FDConv, weight: torch.Tensor) -> nn.Conv2d:
+    conv = nn.Conv2d(
+        layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+        bias=False, padding_mode=layer.padding_mode, dtype=weight.dtype,
+    )
+    conv.weight.data.copy_(weight)
+    return conv
+
+
+def official_forward(layer: FDConv, x: torch.Tensor) -> torch.Tensor:
+    """The layer's function in its official formulation (FDCONV_SPEC): FFT band split, Conv1d local logits,
+    weight-image layout products, one grouped convolution; channel/filter attentions on the weight."""
+    b, cin, cout, k = x.shape[0], layer.in_channels, layer.out_channels, layer.kernel_size[0]
+    pooled = x.mean((2, 3))
+    channel, filt, spatial, group = layer.KSM_Global(pooled)
+    image = layer.spectral_weight(group)  # (B, Cout*k, Cin*k): golden-tested against the official layer
+    local = layer.KSM_Local
+    logits = local.conv(local.norm(pooled)[:, None, :]).view(b, cout, k, k, cin)
+    weight = (torch.sigmoid(logits) * layer.att_multi).permute(0, 1, 4, 2, 3)  # (B, Cout, Cin, k, k)
+    weight = weight * image.view(b, cout, k, cin, k).permute(0, 1, 3, 2, 4)
+    weight = weight * channel.view(b, 1, cin, 1, 1) * filt.view(b, cout, 1, 1, 1)
+    if spatial is not None:  # 1x1 layers have no spatial attention
+        weight = weight * spatial.view(b, 1, 1, k, k)
+    if hasattr(layer, "FBM"):
+        fbm = layer.FBM
+        lows = official_band_lowpass(x, fbm.k_list, fbm.exact_masks)  # (B, n, C, H, W)
+        att = fbm._attention_maps(x)  # (B, n_att, 1, H, W): spatial_group 1
+        highs = [x - lows[:, 0]] + [lows[:, j - 1] - lows[:, j] for j in range(1, len(fbm.k_list))]
+        x = sum(att[:, j] * high for j, high in enumerate(highs)) + lows[:, -1]
+    y = F.conv2d(x.reshape(1, b * cin, *x.shape[-2:]), weight.reshape(b * cout, cin, k, k), None, layer.stride, layer.padding, layer.dilation, b)
+    y = y.view(b, cout, *y.shape[-2:])
+    return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,size,batch",
+    [
+        (dict(in_channels=32, out_channels=48, kernel_size=3, padding=1), (13, 11), 3),
+        (dict(in_channels=48, out_channels=32, kernel_size=3, padding=1, bias=True), (7, 7), 1),
+        (dict(in_channels=64, out_channels=64, kernel_size=3, stride=2, padding=1), (15, 16), 2),
+        (dict(in_channels=40, out_channels=72, kernel_size=1), (9, 5), 2),
+    ],
+)
+@pytest.mark.parametrize("train", [False, True])
+def test_layer_equals_its_official_formulation(kwargs, size, batch, train):
+    torch.manual_seed(0)
+    layer = perturb_attention(FDConv(**kwargs, kernel_num=8)).double().train(train)
+    x = torch.randn(batch, layer.in_channels, *size, dtype=torch.float64, requires_grad=True)
+    reference = perturb_attention(FDConv(**kwargs, kernel_num=8)).double().train(train)  # same seed: same weights
+    reference.load_state_dict(layer.state_dict())
+    x_ref = x.detach().clone().requires_grad_(True)
+    y, y_ref = layer(x), official_forward(reference, x_ref)
+    assert relative_error(y, y_ref) < 1e-12
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    assert relative_error(x.grad, x_ref.grad) < 1e-10
+    for (name, p), p_ref in zip(layer.named_parameters(), reference.parameters()):
+        assert relative_error(p.grad, p_ref.grad) < 1e-9, name
