@@ -165,3 +165,49 @@ def test_layer_equals_its_official_formulation(kwargs, size, batch, train):
     assert relative_error(x.grad, x_ref.grad) < 1e-10
     for (name, p), p_ref in zip(layer.named_parameters(), reference.parameters()):
         assert relative_error(p.grad, p_ref.grad) < 1e-9, name
+
+
+def _train_step(layer: FDConv, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    layer(x).square().sum().backward()
+    return x.grad, {n: p.grad for n, p in layer.named_parameters()}
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_recomputing_the_weight_in_backward_gives_the_same_gradients(kernel_size):
+    torch.manual_seed(0)
+    layer = perturb_attention(FDConv(32, 48, kernel_size, padding=kernel_size // 2, kernel_num=8)).double().train()
+    x = torch.randn(3, 32, 9, 9, dtype=torch.float64)
+    grad_x, grads = _train_step(layer, x)
+    layer.recompute_weight = False
+    grad_x_kept, grads_kept = _train_step(layer, x)
+    assert torch.equal(grad_x, grad_x_kept)
+    for name in grads:
+        assert torch.allclose(grads[name], grads_kept[name], rtol=1e-12, atol=1e-14), name
+
+
+def _saved_for_backward(layer: FDConv, x: torch.Tensor) -> int:
+    """Elements of every tensor autograd keeps for backward during one forward (parameters excluded)."""
+    params = {p.data_ptr() for p in layer.parameters()}
+    saved = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in params:
+            saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x.requires_grad_(True)).sum()
+    return sum(saved)
+
+
+def test_training_keeps_no_per_sample_weight_for_backward_and_scales_linearly():
+    torch.manual_seed(0)
+    layer = perturb_attention(FDConv(256, 256, 3, padding=1, kernel_num=16)).train()
+    weight_numel = 256 * 256 * 9
+    saved = {b: _saved_for_backward(layer, torch.randn(b, 256, 7, 7)) for b in (2, 4, 6)}
+    assert saved[6] < 6 * weight_numel / 4  # activation-sized tensors only: the 6 per-sample weights are not kept
+    assert saved[6] - saved[4] == saved[4] - saved[2] > 0  # linear in the batch size
+    layer.recompute_weight = False
+    assert _saved_for_backward(layer, torch.randn(2, 256, 7, 7)) > 2 * 2 * weight_numel  # what recomputation saves

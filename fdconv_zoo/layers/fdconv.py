@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .frequency import band_lowpass, frequency_group_map, inverse_weight_spectrum
 
@@ -296,7 +297,9 @@ class FDConv(nn.Module):
     Arguments are those of ``nn.Conv2d`` followed by the official FDConv keyword arguments (same names
     and defaults, FDCONV_SPEC §1). Extra keyword: ``token_layout=True`` makes a 1x1 layer act on
     ``(B, ..., C)`` tensors like ``nn.Linear`` (all middle axes are positions); ``fbm_cfg`` also accepts
-    ``exact_masks=True`` (band masks computed at the true input size instead of resized from 64x64).
+    ``exact_masks=True`` (band masks computed at the true input size instead of resized from 64x64);
+    ``recompute_weight=False`` keeps the per-sample weights for backward instead of recomputing them
+    (faster training steps, several times the memory in deep layers).
 
     Layers with ``min(in, out) <= use_fdconv_if_c_gt`` or a kernel size outside ``use_fdconv_if_k_in``
     are plain convolutions (``use_fdconv`` is False), exactly like the official layer.
@@ -336,6 +339,7 @@ class FDConv(nn.Module):
         linear_mode: bool = False,
         fbm_cfg: dict[str, Any] | None = None,
         token_layout: bool = False,
+        recompute_weight: bool = True,
         device=None,
         dtype=None,
     ) -> None:
@@ -348,6 +352,7 @@ class FDConv(nn.Module):
         self.groups, self.padding_mode = spec.groups, spec.padding_mode
         self._reversed_padding_repeated_twice = spec._reversed_padding_repeated_twice
         self.token_layout = token_layout
+        self.recompute_weight = recompute_weight
         if token_layout and (self.kernel_size != (1, 1) or self.stride != (1, 1) or self.padding not in ((0, 0), "valid") or groups != 1):
             raise ValueError(
                 "token_layout=True is the nn.Linear form of FDConv: it needs kernel_size=1, stride=1, padding=0 "
@@ -666,34 +671,44 @@ class FDConv(nn.Module):
         b, cin, cout, k = x.shape[0], self.in_channels, self.out_channels, self.kernel_size[0]
 
         channel_att, filter_att, spatial_att, group_att = self.KSM_Global(pooled)
-        local_logits = self.KSM_Local(pooled) if hasattr(self, "KSM_Local") else None
         fold = self._fold_attention_into_weight(positions)
-        with torch.autocast(x.device.type, enabled=False):
-            weight = self._modulated_weight(
-                self.spectral_weight(group_att), local_logits, spatial_att,
-                channel_att if fold else None, filter_att if fold else None,
-            )
         if hasattr(self, "FBM"):
             x = self.FBM(x)
         if channel_att is not None and not fold:
             x = x * (channel_att.view(b, 1, cin) if self.token_layout else channel_att.view(b, cin, 1, 1)).to(x.dtype)
+        inputs = (x, pooled, spatial_att, group_att, channel_att if fold else None, filter_att if fold else None)
+        if self.recompute_weight and torch.is_grad_enabled() and not _is_exporting():
+            # The per-sample weights are B times the static weight (94x a 512-channel 7x7 feature map): keep
+            # none of them for backward, recompute them there instead (KSM_Global, with its BatchNorm
+            # statistics, stays outside and runs once).
+            y = checkpoint(self._dynamic_conv, *inputs, use_reentrant=False)
+        else:
+            y = self._dynamic_conv(*inputs)
+        if filter_att is not None and not fold:
+            y = y * (filter_att.view(b, 1, cout) if self.token_layout else filter_att.view(b, cout, 1, 1)).to(y.dtype)
+        if self.bias is not None:
+            y = y + (self.bias if self.token_layout else self.bias.view(1, -1, 1, 1)).to(y.dtype)
+        return y.reshape(*lead, cout) if self.token_layout else y
+
+    def _dynamic_conv(
+        self,
+        x: torch.Tensor,
+        pooled: torch.Tensor,
+        spatial_att: torch.Tensor | None,
+        group_att: torch.Tensor | None,
+        channel_att: torch.Tensor | None,
+        filter_att: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Build the per-sample weights (local attention, spectrum, modulation) and apply them to ``x``."""
+        b, cin, cout = x.shape[0], self.in_channels, self.out_channels
+        local_logits = self.KSM_Local(pooled) if hasattr(self, "KSM_Local") else None
+        with torch.autocast(x.device.type, enabled=False):
+            weight = self._modulated_weight(self.spectral_weight(group_att), local_logits, spatial_att, channel_att, filter_att)
         if not torch.is_autocast_enabled(x.device.type):
             weight = weight.to(x.dtype)
-
         if self.token_layout:
-            y = torch.bmm(x, weight.reshape(b, cout, cin).transpose(1, 2))
-            if filter_att is not None and not fold:
-                y = y * filter_att.view(b, 1, cout).to(y.dtype)
-            if self.bias is not None:
-                y = y + self.bias.to(y.dtype)
-            return y.reshape(*lead, cout)
-
-        y = self._per_sample_conv(x, weight)
-        if filter_att is not None and not fold:
-            y = y * filter_att.view(b, cout, 1, 1).to(y.dtype)
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1).to(y.dtype)
-        return y
+            return torch.bmm(x, weight.reshape(b, cout, cin).transpose(1, 2))
+        return self._per_sample_conv(x, weight)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         if self.use_fdconv and prefix + "weight" in state_dict and prefix + "dft_weight" not in state_dict:
