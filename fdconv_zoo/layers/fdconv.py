@@ -11,6 +11,7 @@ layer also runs on ``(B, ..., C)`` token tensors as a drop-in for ``nn.Linear``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +51,12 @@ _ACTIVATIONS = ("sigmoid", "tanh")
 def _is_exporting() -> bool:
     """True while ``torch.onnx.export`` or ``torch.export`` traces the model."""
     return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
+def _float32_region(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off (FFTs and band splits run in float32); a no-op while exporting, where an autocast region
+    only adds a wrapper op to the graph (exported graphs run in the dtype they were traced in)."""
+    return contextlib.nullcontext() if _is_exporting() else torch.autocast(device_type, enabled=False)
 
 
 def _attention(logits: torch.Tensor, act: str, att_multi: float) -> torch.Tensor:
@@ -273,7 +280,7 @@ class FrequencyBandModulation(nn.Module):
         g, n = self.spatial_group, len(self.k_list)
         compute_dtype = torch.promote_types(x.dtype, torch.float32)
         xf = x.to(compute_dtype)
-        with torch.autocast(x.device.type, enabled=False):  # the band split stays in float32 under autocast
+        with _float32_region(x.device.type):  # the band split stays in float32 under autocast
             lows = band_lowpass(xf, self.k_list, self.exact_masks)  # n tensors (B, C, H, W)
         att = self._attention_maps(x).to(compute_dtype)  # (B, n_att, G, H, W)
         # sum_j a_j (low_{j-1} - low_j) + a_n low_{n-1}, with low_{-1} = x and a_n = 1 (or the low-band
@@ -582,7 +589,8 @@ class FDConv(nn.Module):
         else:
             # One gather of the KN group attentions (scaled by alpha) per bin; no scatter into a zero map.
             ka = group_attention.to(dtype).view(-1, self.param_ratio, self.kernel_num) * self.alpha
-            per_bin = ka[:, :, self.frequency_group, None]  # (B, P, rows, n2, 1)
+            groups = self.frequency_group.long() if _is_exporting() else self.frequency_group  # ONNX gathers need int64
+            per_bin = ka[:, :, groups, None]  # (B, P, rows, n2, 1)
             spec = spectrum[0] * per_bin[:, 0] if self.param_ratio == 1 else (spectrum * per_bin).sum(1)
         return inverse_weight_spectrum(spec, cols)  # spec is a fresh tensor: symmetrised in place
 
@@ -702,7 +710,7 @@ class FDConv(nn.Module):
         """Build the per-sample weights (local attention, spectrum, modulation) and apply them to ``x``."""
         b, cin, cout = x.shape[0], self.in_channels, self.out_channels
         local_logits = self.KSM_Local(pooled) if hasattr(self, "KSM_Local") else None
-        with torch.autocast(x.device.type, enabled=False):
+        with _float32_region(x.device.type):
             weight = self._modulated_weight(self.spectral_weight(group_att), local_logits, spatial_att, channel_att, filter_att)
         if not torch.is_autocast_enabled(x.device.type):
             weight = weight.to(x.dtype)
