@@ -7,7 +7,7 @@ import ast
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bad_input_exits(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Bad input to a fine-tune (FinetuneInputError, an existing output) ends with its message, not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        from .finetune import FinetuneInputError
+
+        try:
+            return command(args)
+        except (FinetuneInputError, FileExistsError) as error:
+            _logger.error("error: %s", error)
+            return 2
+
+    return run
+
+
 def _finetune(args: argparse.Namespace) -> int:
     from .finetune import finetune_classification
 
@@ -93,9 +108,32 @@ def _finetune(args: argparse.Namespace) -> int:
     result = finetune_classification(
         args.model, args.dataset, args.output_dir, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, image_size=args.image_size, seed=args.seed,
-        model_kwargs={k: _literal(v) for k, v in model_kwargs.items()},
+        model_kwargs={k: _literal(v) for k, v in model_kwargs.items()}, overwrite=args.overwrite,
     )
     _logger.info("accuracy %.4f, eval loss %.4f; saved to %s", result.accuracy, result.eval_loss, result.saved_to)
+    return 0
+
+
+def _finetune_segmentation(args: argparse.Namespace) -> int:
+    import json
+
+    from .finetune_segmentation import finetune_segmentation
+
+    id2label = None
+    if args.id2label is not None:  # a JSON file, or the JSON object itself
+        text = Path(args.id2label).read_text() if Path(args.id2label).is_file() else args.id2label
+        try:
+            id2label = {int(k): str(v) for k, v in json.loads(text).items()}
+        except (ValueError, AttributeError) as error:
+            _logger.error("error: --id2label is not a JSON file or object of id -> name (%s); e.g. '{\"0\": \"background\", \"1\": \"road\"}'", error)
+            return 2
+    result = finetune_segmentation(
+        args.model, args.dataset, args.output_dir, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.lr, image_size=args.image_size, num_labels=args.num_labels, id2label=id2label,
+        reduce_labels=args.reduce_labels, image_column=args.image_column, mask_column=args.mask_column,
+        seed=args.seed, overwrite=args.overwrite,
+    )
+    _logger.info("mean IoU %.4f, pixel accuracy %.4f; saved to %s", result.mean_iou, result.pixel_accuracy, result.saved_to)
     return 0
 
 
@@ -105,6 +143,25 @@ def _literal(value: str) -> Any:
         return ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return value
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    """Export to ONNX, then compare onnxruntime with PyTorch at two batch sizes; non-zero exit above tolerance."""
+    from .export import ONNX_TOLERANCE, export_onnx, load_timm_model, model_input_size, verify_onnx
+
+    if Path(args.out).exists() and not args.overwrite:  # before building the model: refusing costs nothing
+        _logger.error("%s exists; pass --overwrite to replace it, or choose another --out", args.out)
+        return 2
+    model_kwargs = {k: _literal(v) for k, v in (kv.split("=", 1) for kv in args.model_arg)}
+    model = load_timm_model(args.model, args.checkpoint, **model_kwargs).eval()
+    input_size = model_input_size(model, args.image_size)
+    start = time.perf_counter()
+    path = export_onnx(model, args.out, input_size=input_size, opset=args.opset, overwrite=args.overwrite)
+    _logger.info("export took %.1f s; checking with onnxruntime at batch sizes 1 and 3, input %s", time.perf_counter() - start, input_size)
+    error = verify_onnx(path, model, batch_sizes=(1, 3))
+    verdict = "OK" if error <= ONNX_TOLERANCE else f"FAILED (tolerance {ONNX_TOLERANCE:.0e})"
+    _logger.info("max relative error %.2e: %s", error, verdict)
+    return 0 if error <= ONNX_TOLERANCE else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,6 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = sub.add_parser("check-conversion", help="convert plain layers to FDConv and verify the conversion is exact")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=_check_conversion)
+    onnx = sub.add_parser("export-onnx", help="export a timm (FDConv) model to ONNX (dynamic batch) and check it with onnxruntime")
+    onnx.add_argument("model", help="timm architecture (random init), arch.tag, local-dir:PATH or hf-hub:REPO")
+    onnx.add_argument("--out", required=True, help="the .onnx file to write")
+    onnx.add_argument("--checkpoint", help="weights to load: .safetensors (legacy .pth: tensors only, weights_only=True)")
+    onnx.add_argument("--image-size", type=int, help="square input size (default: the model's)")
+    onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    onnx.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="extra timm.create_model keyword")
+    onnx.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    onnx.set_defaults(func=_export_onnx)
     finetune = sub.add_parser("finetune-classification", help="fine-tune a timm (FDConv) classifier with HF Trainer")
     finetune.add_argument("--model", required=True, help="timm architecture, or arch.tag for pretrained weights (e.g. resnet50_fdconv.tv_in1k)")
     finetune.add_argument("--dataset", required=True, help="'digits', an image folder (one sub-folder per class) or a Hub dataset name")
@@ -128,7 +194,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     finetune.add_argument("--image-size", type=int, help="input size (default: the model's)")
     finetune.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="extra timm.create_model keyword")
     finetune.add_argument("--seed", type=int, default=0)
-    finetune.set_defaults(func=_finetune)
+    finetune.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
+    finetune.set_defaults(func=_bad_input_exits(_finetune))
+    seg = sub.add_parser("finetune-segmentation", help="fine-tune an FDConv SegFormer or UperNet on a segmentation dataset with HF Trainer")
+    seg.add_argument("--model", required=True, help="SegFormer or UperNet checkpoint folder or Hub id (native ones are converted to FDConv)")
+    seg.add_argument("--dataset", required=True, help="a save_to_disk folder, a folder of images/ + annotations/, or a Hub dataset name")
+    seg.add_argument("--output-dir", required=True, help="checkpoints/ (resumed if present) and model/ go here")
+    seg.add_argument("--epochs", type=float, default=3)
+    seg.add_argument("--batch-size", type=int, default=8)
+    seg.add_argument("--lr", type=float, default=6e-5)
+    seg.add_argument("--image-size", type=int, help="square input size (default: the image processor's)")
+    seg.add_argument("--num-labels", type=int, help="number of classes (default: the dataset's names, else largest mask value + 1)")
+    seg.add_argument("--id2label", help="class names: a JSON file or object {\"0\": \"background\", ...}")
+    seg.add_argument("--reduce-labels", action=argparse.BooleanOptionalAction, default=None,
+                     help="0 is 'unlabelled' (ignored), classes are 1..N (default: the image processor's setting)")
+    seg.add_argument("--image-column", help="the image column (default: image, pixel_values or img)")
+    seg.add_argument("--mask-column", help="the mask column (default: annotation, label, mask, segmentation_mask or semantic_map)")
+    seg.add_argument("--seed", type=int, default=0)
+    seg.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
+    seg.set_defaults(func=_bad_input_exits(_finetune_segmentation))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     return args.func(args)
