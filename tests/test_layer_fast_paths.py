@@ -211,3 +211,16 @@ def test_training_keeps_no_per_sample_weight_for_backward_and_scales_linearly():
     assert saved[6] - saved[4] == saved[4] - saved[2] > 0  # linear in the batch size
     layer.recompute_weight = False
     assert _saved_for_backward(layer, torch.randn(2, 256, 7, 7)) > 2 * 2 * weight_numel  # what recomputation saves
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_channels_last_layer_and_input_compute_the_same_function(train):
+    torch.manual_seed(0)
+    layer = perturb_attention(FDConv(32, 48, 3, padding=1, kernel_num=8)).train(train)
+    x = torch.randn(2, 32, 10, 10)
+    expected = layer(x)
+    layer.to(memory_format=torch.channels_last)  # also makes the 4-D dft_weight channels-last
+    actual = layer(x.to(memory_format=torch.channels_last))
+    assert relative_error(actual, expected) < 1e-5
+    actual.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())

@@ -200,14 +200,16 @@ def inverse_weight_spectrum(spectrum: torch.Tensor, cols: int) -> torch.Tensor:
     even); those columns are symmetrised explicitly, in place (pass a tensor you own), so every FFT backend
     computes the same weight whatever it does with non-Hermitian input.
     """
+    if _exporting():
+        # torch.export / ONNX have no inverse real FFT: matrix products instead. They read only the real part of
+        # the zero and Nyquist columns after the row transform, which the symmetrisation leaves unchanged.
+        return _irfft2_matmul(spectrum, cols)
     rows = spectrum.shape[-3]
     neg = (-torch.arange(rows, device=spectrum.device)) % rows
     for c in (0, spectrum.shape[-2] - 1) if cols % 2 == 0 else (0,):
         column, mirrored = spectrum[..., :, c, :], spectrum[..., neg, c, :]
         spectrum[..., :, c, :] = torch.stack((column[..., 0] + mirrored[..., 0], column[..., 1] - mirrored[..., 1]), -1) * 0.5
-    if _exporting():  # no inverse real FFT in torch.export / ONNX
-        return _irfft2_matmul(spectrum, cols)
-    return torch.fft.irfft2(torch.view_as_complex(spectrum), s=(rows, cols))
+    return torch.fft.irfft2(torch.view_as_complex(spectrum.contiguous()), s=(rows, cols))  # contiguous: a channels_last model
 
 
 # ------------------------------------------------------------------ inverse weight transform under export
@@ -293,7 +295,9 @@ def _irfft2_matmul(spectrum: torch.Tensor, cols: int) -> torch.Tensor:
         raise ValueError(f"expected a (..., rows, {cols // 2 + 1}, 2) spectrum for {cols} columns, got {tuple(spectrum.shape)}")
     dtype = spectrum.dtype
     np_dtype = {torch.float32: "float32", torch.float64: "float64"}.get(dtype, "float64")
-    mats = [torch.from_numpy(m.copy()).to(device=spectrum.device, dtype=dtype) for m in _irfft2_matrices(rows, cols, np_dtype)]
+    mats = [torch.from_numpy(m.copy()) for m in _irfft2_matrices(rows, cols, np_dtype)]  # fresh: constants under export
+    if spectrum.device.type != "cpu" or mats[0].dtype != dtype:
+        mats = [m.to(device=spectrum.device, dtype=dtype) for m in mats]
     lead = spectrum.shape[:-3]
     x = spectrum.reshape(-1, rows, n2, 2).permute(0, 3, 1, 2)  # (b, re/im, rows, n2)
     split = _dft_split(rows)
