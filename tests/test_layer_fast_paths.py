@@ -167,11 +167,11 @@ def test_layer_equals_its_official_formulation(kwargs, size, batch, train):
         assert relative_error(p.grad, p_ref.grad) < 1e-9, name
 
 
-def _train_step(layer: FDConv, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _train_step(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     layer.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_(True)
     layer(x).square().sum().backward()
-    return x.grad, {n: p.grad for n, p in layer.named_parameters()}
+    return x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
 
 
 @pytest.mark.parametrize("kernel_size", [1, 3])
@@ -224,3 +224,15 @@ def test_channels_last_layer_and_input_compute_the_same_function(train):
     assert relative_error(actual, expected) < 1e-5
     actual.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+@pytest.mark.slow  # about 30 s of inductor compilation
+def test_compiled_training_step_matches_eager():
+    torch.manual_seed(0)
+    layer = perturb_attention(FDConv(32, 48, 3, padding=1, kernel_num=8), scale=0.1).train()
+    x = torch.randn(2, 32, 8, 8)
+    grad_x, grads = _train_step(layer, x)
+    compiled_grad_x, compiled_grads = _train_step(torch.compile(layer), x)
+    assert relative_error(compiled_grad_x, grad_x) < 1e-5
+    for name, grad in grads.items():
+        assert relative_error(compiled_grads["_orig_mod." + name], grad) < 1e-4, name  # OptimizedModule's names

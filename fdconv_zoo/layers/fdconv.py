@@ -678,7 +678,11 @@ class FDConv(nn.Module):
             pooled, positions = x.mean((2, 3)), x.shape[2] * x.shape[3]
         b, cin, cout, k = x.shape[0], self.in_channels, self.out_channels, self.kernel_size[0]
 
-        channel_att, filter_att, spatial_att, group_att = self.KSM_Global(pooled)
+        if torch.is_autocast_enabled(x.device.type):  # small (B, Cin) work; half precision costs up to 8e-2 in the attentions
+            with _float32_region(x.device.type):
+                channel_att, filter_att, spatial_att, group_att = self.KSM_Global(pooled.float())
+        else:
+            channel_att, filter_att, spatial_att, group_att = self.KSM_Global(pooled)
         fold = self._fold_attention_into_weight(positions)
         if hasattr(self, "FBM"):
             x = self.FBM(x)

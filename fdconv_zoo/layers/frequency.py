@@ -209,7 +209,9 @@ def inverse_weight_spectrum(spectrum: torch.Tensor, cols: int) -> torch.Tensor:
     for c in (0, spectrum.shape[-2] - 1) if cols % 2 == 0 else (0,):
         column, mirrored = spectrum[..., :, c, :], spectrum[..., neg, c, :]
         spectrum[..., :, c, :] = torch.stack((column[..., 0] + mirrored[..., 0], column[..., 1] - mirrored[..., 1]), -1) * 0.5
-    return torch.fft.irfft2(torch.view_as_complex(spectrum.contiguous()), s=(rows, cols))  # contiguous: a channels_last model
+    # torch.complex, not view_as_complex: the latter needs a unit last stride, which neither a channels_last
+    # model's dft_weight nor inductor's buffers for this in-place symmetrisation have.
+    return torch.fft.irfft2(torch.complex(spectrum[..., 0], spectrum[..., 1]), s=(rows, cols))
 
 
 # ------------------------------------------------------------------ inverse weight transform under export
