@@ -179,6 +179,7 @@ def test_recomputing_the_weight_in_backward_gives_the_same_gradients(kernel_size
     torch.manual_seed(0)
     layer = perturb_attention(FDConv(32, 48, kernel_size, padding=kernel_size // 2, kernel_num=8)).double().train()
     x = torch.randn(3, 32, 9, 9, dtype=torch.float64)
+    layer.recompute_weight = True
     grad_x, grads = _train_step(layer, x)
     layer.recompute_weight = False
     grad_x_kept, grads_kept = _train_step(layer, x)
@@ -202,7 +203,8 @@ def _saved_for_backward(layer: FDConv, x: torch.Tensor) -> int:
     return sum(saved)
 
 
-def test_training_keeps_no_per_sample_weight_for_backward_and_scales_linearly():
+def test_deep_layers_keep_no_per_sample_weight_for_backward_and_scale_linearly():
+    """By default: a 256-channel 3x3 weight per sample is 47x its 7x7 input."""
     torch.manual_seed(0)
     layer = perturb_attention(FDConv(256, 256, 3, padding=1, kernel_num=16)).train()
     weight_numel = 256 * 256 * 9
@@ -236,3 +238,9 @@ def test_compiled_training_step_matches_eager():
     assert relative_error(compiled_grad_x, grad_x) < 1e-5
     for name, grad in grads.items():
         assert relative_error(compiled_grads["_orig_mod." + name], grad) < 1e-4, name  # OptimizedModule's names
+
+
+def test_default_recomputes_only_where_weights_outsize_the_input():
+    shallow, deep = FDConv(64, 64, 3, padding=1), FDConv(512, 512, 3, padding=1)
+    assert _saved_for_backward(shallow.train(), torch.randn(2, 64, 56, 56)) > 2 * 64 * 64 * 9  # weights kept
+    assert _saved_for_backward(deep.train(), torch.randn(2, 512, 7, 7)) < 512 * 512 * 9  # recomputed

@@ -305,8 +305,9 @@ class FDConv(nn.Module):
     and defaults, FDCONV_SPEC §1). Extra keyword: ``token_layout=True`` makes a 1x1 layer act on
     ``(B, ..., C)`` tensors like ``nn.Linear`` (all middle axes are positions); ``fbm_cfg`` also accepts
     ``exact_masks=True`` (band masks computed at the true input size instead of resized from 64x64);
-    ``recompute_weight=False`` keeps the per-sample weights for backward instead of recomputing them
-    (faster training steps, several times the memory in deep layers).
+    ``recompute_weight`` decides whether the per-sample weights are kept for backward (False: fastest
+    training step) or recomputed there (True: no weight-sized tensor is kept); the default recomputes them
+    where they outsize the layer's input (deep, small-map layers: 94x a 512-channel 7x7 map).
 
     Layers with ``min(in, out) <= use_fdconv_if_c_gt`` or a kernel size outside ``use_fdconv_if_k_in``
     are plain convolutions (``use_fdconv`` is False), exactly like the official layer.
@@ -346,7 +347,7 @@ class FDConv(nn.Module):
         linear_mode: bool = False,
         fbm_cfg: dict[str, Any] | None = None,
         token_layout: bool = False,
-        recompute_weight: bool = True,
+        recompute_weight: bool | None = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -689,10 +690,12 @@ class FDConv(nn.Module):
         if channel_att is not None and not fold:
             x = x * (channel_att.view(b, 1, cin) if self.token_layout else channel_att.view(b, cin, 1, 1)).to(x.dtype)
         inputs = (x, pooled, spatial_att, group_att, channel_att if fold else None, filter_att if fold else None)
-        if self.recompute_weight and torch.is_grad_enabled() and not _is_exporting():
-            # The per-sample weights are B times the static weight (94x a 512-channel 7x7 feature map): keep
-            # none of them for backward, recompute them there instead (KSM_Global, with its BatchNorm
-            # statistics, stays outside and runs once).
+        recompute = self.recompute_weight
+        if recompute is None:  # per sample: weight Cout*Cin*k*k against input Cin*positions
+            recompute = self.out_channels * self.kernel_size[0] * self.kernel_size[1] > positions
+        if recompute and torch.is_grad_enabled() and not _is_exporting():
+            # Keep none of the B per-sample weights for backward, recompute them there instead (KSM_Global,
+            # with its BatchNorm statistics, stays outside and runs once).
             y = checkpoint(self._dynamic_conv, *inputs, use_reentrant=False)
         else:
             y = self._dynamic_conv(*inputs)
