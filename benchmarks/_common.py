@@ -1,74 +1,260 @@
-"""Timing, memory and table helpers shared by the benchmark scripts."""
+"""Timing, memory, table and plotting helpers shared by the benchmark scripts."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
+import os
+import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import types
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["format_table", "load_official_fdconv", "median_time", "peak_cuda_memory", "sync"]
+__all__ = [
+    "OFFICIAL_HINT",
+    "Target",
+    "check_plot_path",
+    "format_table",
+    "load_official_fdconv",
+    "machine_description",
+    "median_times",
+    "peak_memory_mib",
+    "quiet",
+    "save_figure",
+    "sync",
+]
+
+logger = logging.getLogger("fdconv_bench")
+
+OFFICIAL_HINT = (
+    "pass the path to your own copy of the official layer, FDConv_detection/mmdet_custom/FDConv.py from "
+    "https://github.com/Linwei-Chen/FDConv (the project does not ship it)"
+)
 
 
 def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall time covers the computation and not only its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def median_time(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
-    """Median wall time of ``fn`` in milliseconds over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
+def median_times(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    warmup: int = 2,
+    repeats: int = 10,
+    budget_s: float = float("inf"),
+    min_repeats: int = 3,
+) -> dict[str, float]:
+    """Median wall time (ms) of each function, measured round-robin in this process.
+
+    Interleaving the candidates spreads background load on a shared machine evenly over them, so their ratios
+    stay meaningful when absolute times drift. Each function gets ``warmup`` untimed runs, then up to
+    ``repeats`` timed runs; one whose timed runs add up to more than ``budget_s`` stops early, after at least
+    ``min(min_repeats, repeats)`` runs (a 3-second training step need not run ten times).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     sync(device)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    floor = min(min_repeats, repeats)
     for _ in range(repeats):
-        start = time.perf_counter()
+        active = [n for n in fns if not (len(times[n]) >= floor and sum(times[n]) > budget_s * 1e3)]
+        if not active:
+            break
+        for name in active:
+            start = time.perf_counter()
+            fns[name]()
+            sync(device)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory (MiB) that tensors allocated while ``fn`` ran, above what was allocated before it.
+
+    On CUDA this is ``torch.cuda.max_memory_allocated``; on the CPU the same quantity is rebuilt from the
+    allocation events of ``torch.profiler`` (tensor memory through the CPU allocator, not the resident set, so
+    it does not depend on what glibc keeps mapped). Zero gradients (``set_to_none``) before calling ``fn`` so
+    that freeing the previous step's gradients does not count.
+    """
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
         fn()
         sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    if device.type != "cpu":
+        raise ValueError(f"peak memory is measured on cpu or cuda, not {device.type}; pass --no-memory")
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        if event.tag == _EventType.Allocation:
+            events.append((event.start_time_ns, event.extra_fields.alloc_size))
+        stack.extend(event.children)
+    current = peak = 0
+    for _, size in sorted(events):
+        current += size
+        peak = max(peak, current)
+    return peak / 2**20
 
 
-def peak_cuda_memory(fn: Callable[[], object], device: torch.device) -> float | None:
-    """Peak GPU memory (MiB) allocated while running ``fn``; None on the CPU."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    sync(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence stdout and Python warnings (the official layer prints a line per layer it builds)."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def load_official_fdconv(path: str | Path) -> type:
-    """Import the official ``FDConv.py`` (the user's own copy; not shipped) with stand-ins for its mmcv,
-    matplotlib and old-timm imports, which the layer itself does not use."""
+    """The ``FDConv`` class of the user's own copy of the official ``FDConv.py`` (the project does not ship it).
+
+    The file imports mmcv (only to register the class with mmdet/mmseg), matplotlib (for a disabled debug plot)
+    and ``timm.models.layers``; none of them is used by the layer, so whichever is not importable here is
+    replaced by a stand-in while the file loads (mmcv always is: importing a real mmcv is slow and often broken
+    against a newer torch). ``sys.modules`` is restored afterwards.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--official {path}: no such file; {OFFICIAL_HINT}")
     registry = types.SimpleNamespace(register_module=lambda *a, **k: (lambda cls: cls))
-    stubs = {
-        "mmcv": types.ModuleType("mmcv"),
-        "mmcv.cnn": types.SimpleNamespace(CONV_LAYERS=registry),
-        "matplotlib": types.ModuleType("matplotlib"),
-        "matplotlib.pyplot": types.ModuleType("matplotlib.pyplot"),
-        "timm.models.layers": types.SimpleNamespace(trunc_normal_=torch.nn.init.trunc_normal_),
-    }
-    for name, module in stubs.items():
-        if name.startswith("matplotlib") and importlib.util.find_spec("matplotlib") is not None:
-            continue
-        sys.modules.setdefault(name, module)
-    spec = importlib.util.spec_from_file_location("official_fdconv", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.FDConv
+    stubs: dict[str, object] = {"mmcv": types.ModuleType("mmcv"), "mmcv.cnn": types.SimpleNamespace(CONV_LAYERS=registry)}
+    if importlib.util.find_spec("matplotlib") is None:
+        stubs["matplotlib"] = types.ModuleType("matplotlib")
+        stubs["matplotlib.pyplot"] = types.ModuleType("matplotlib.pyplot")
+    try:
+        with warnings.catch_warnings():  # timm's deprecated-import FutureWarning
+            warnings.simplefilter("ignore")
+            importlib.import_module("timm.models.layers")
+    except ImportError:
+        stubs["timm.models.layers"] = types.SimpleNamespace(trunc_normal_=torch.nn.init.trunc_normal_)
+    saved = {name: sys.modules.get(name) for name in stubs}
+    sys.modules.update(stubs)  # type: ignore[arg-type]
+    try:
+        spec = importlib.util.spec_from_file_location("official_fdconv", path)
+        module = importlib.util.module_from_spec(spec)
+        with quiet():
+            spec.loader.exec_module(module)
+    except Exception as exc:
+        raise RuntimeError(f"--official {path}: could not import it ({type(exc).__name__}: {exc}); {OFFICIAL_HINT}") from exc
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
+    cls = getattr(module, "FDConv", None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise RuntimeError(f"--official {path}: defines no FDConv module class; {OFFICIAL_HINT}")
+    return cls
 
 
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table (pastes into the README as is)."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(c).rjust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+def machine_description(device: torch.device, threads: int) -> str:
+    """One line naming the hardware and software the numbers were measured on."""
+    if device.type == "cuda":
+        hardware = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    else:
+        cpu = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        hardware = f"{cpu}, {threads} of {os.cpu_count()} threads"
+    import fdconv_zoo
+
+    version = fdconv_zoo.__version__
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if commit:
+            version += f" @ {commit}"
+    return f"{hardware}; torch {torch.__version__}; fdconv-zoo {version}; Python {platform.python_version()}"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool = True) -> str:
+    """A GitHub Markdown table (pastes into the README as is), or aligned plain text.
+
+    The first column is left-aligned, the others (numbers) right-aligned.
+    """
+    cells = [[str(c) for c in r] for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def line(r: list[str], sep: str) -> str:
+        parts = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        return (f"{sep} " + f" {sep} ".join(parts) + f" {sep}") if markdown else "  ".join(parts)
+
+    if markdown:
+        rule = "|" + "|".join(("-" * (w + 1) + ":") if i else (":" + "-" * (w + 1)) for i, w in enumerate(widths)) + "|"
+    else:
+        rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0], "|"), rule, *(line(r, "|") for r in cells[1:])])
+
+
+@dataclass
+class Target:
+    """One performance target of the project, checked against measured values (one per shape or model)."""
+
+    description: str
+    limit: float
+    at_most: bool  # True: every value must be <= limit; False: >= limit
+    values: dict[str, float]
+
+    @property
+    def met(self) -> bool:
+        return bool(self.values) and all((v <= self.limit) if self.at_most else (v >= self.limit) for v in self.values.values())
+
+    def line(self) -> str:
+        if not self.values:
+            return f"{self.description}: not measured"
+        op = "<=" if self.at_most else ">="
+        measured = ", ".join(f"{k} {v:.2f}x" for k, v in self.values.items())
+        return f"{self.description} ({op} {self.limit:g}x): {'met' if self.met else 'NOT met'} ({measured})"
+
+
+def check_plot_path(path: Path | None, overwrite: bool) -> None:
+    """Fail before measuring (not after minutes of it) when the plot cannot or should not be written."""
+    if path is None:
+        return
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--plot {path}: the plot is a PNG; give a path ending in .png")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"--plot {path} exists; pass --overwrite to replace it or choose another path")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"--plot {path}: folder {path.parent} does not exist; create it first")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ModuleNotFoundError("--plot needs matplotlib: pip install 'fdconv-zoo[viz]' (or matplotlib)")
+
+
+def save_figure(fig: object, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically (a temporary file in the same folder, then a rename)."""
+    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=120)  # type: ignore[attr-defined]
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,195 @@
+"""The benchmark scripts (benchmarks/) run end to end on tiny settings, and their helpers measure what they claim.
+
+They are not part of the package, so they are loaded from their files. The official layer is not shipped: its
+column is exercised with a stand-in file that imports what the official file imports (mmcv, matplotlib, timm's
+old ``timm.models.layers``) and prints a line per layer, as the official file does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY_RESNET = json.dumps({"layers": [1, 1, 1, 1], "channels": [32, 64, 96, 128], "num_classes": 10})
+
+FAKE_OFFICIAL = '''
+import matplotlib.pyplot as plt
+from mmcv.cnn import CONV_LAYERS
+from timm.models.layers import trunc_normal_
+from fdconv_zoo import FDConv as _FDConv
+
+@CONV_LAYERS.register_module()
+class FDConv(_FDConv):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        print("*** kernel_num:", kwargs.get("kernel_num"))
+'''
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_layer():
+    return _load("bench_layer")
+
+
+@pytest.fixture(scope="module")
+def bench_models():
+    return _load("bench_models")
+
+
+@pytest.fixture(scope="module")
+def common(bench_layer):
+    return sys.modules["_common"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """The scripts set torch's thread count for the whole process; give it back to the other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _table_rows(text: str, first_cell: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith(f"| {first_cell}")]
+
+
+def test_layer_quick_with_official_column(bench_layer, tmp_path, capsys):
+    official = tmp_path / "FDConv.py"
+    official.write_text(FAKE_OFFICIAL)
+    plot = tmp_path / "layer.png"
+    out = bench_layer.main(["--quick", "--threads", "1", "--shapes", "32x8", "--official", str(official), "--markdown", "--plot", str(plot)])
+    text = capsys.readouterr().out
+    assert "*** kernel_num" not in text  # the official file's prints do not end up in the tables
+    assert "mmcv" not in sys.modules and "mmcv.cnn" not in sys.modules  # the stand-ins are gone again
+    assert f"torch {torch.__version__}" in text and "threads" in text  # the header names the machine
+    assert out["max_rel_diff"] == 0.0  # the stand-in is FDConv itself, loaded with FDConv's state dict
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for mode in ("eval", "train"):
+        t = out["times"][(mode, "C=32 8x8", "eager")]
+        assert set(t) == {"nn.Conv2d", "FDConv", "official", "CondConv2d"} and all(v > 0 for v in t.values())
+    rows = _table_rows(text, "C=32 8x8")
+    assert len(rows) == 3  # eval, train, memory
+    # columns: shape, conv, FDConv, official, CondConv2d, FDConv/conv, official/FDConv, CondConv2d/conv
+    eval_row = rows[0]
+    t = out["times"][("eval", "C=32 8x8", "eager")]
+    assert eval_row[5] == f"{t['FDConv'] / t['nn.Conv2d']:.2f}x"
+    assert eval_row[6] == f"{t['official'] / t['FDConv']:.2f}x"
+    mem = out["memory"]["C=32 8x8"]
+    # a training step holds at least the input's gradient and the output (2 x 2*32*8*8 floats)
+    assert all(v >= 2 * 2 * 32 * 8 * 8 * 4 / 2**20 for v in mem.values())
+    assert rows[2][1:5] == [bench_layer._fmt(mem[c]) for c in ("nn.Conv2d", "FDConv", "official", "CondConv2d")]
+    targets = {t.description: t for t in out["targets"]}
+    speedup = targets["layer eval: speed-up over the official layer, every shape"]
+    assert speedup.values == {"C=32": pytest.approx(t["official"] / t["FDConv"])}
+    assert speedup.line() in text
+    # the plot is not overwritten without --overwrite, and that is refused before anything is measured
+    with pytest.raises(SystemExit):
+        bench_layer.main(["--quick", "--shapes", "32x8", "--plot", str(plot)])
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_layer_channels_last_rows(bench_layer, capsys):
+    argv = ["--threads", "1", "--shapes", "32x8", "--batch", "2", "--warmup", "1", "--repeats", "1", "--no-memory", "--markdown"]
+    out = bench_layer.main(argv)
+    rows = _table_rows(capsys.readouterr().out, "C=32 8x8 channels_last")
+    assert len(rows) == 2  # eval and train
+    for mode, row in zip(("eval", "train"), rows):
+        conv_ms = out["times"][(mode, "C=32 8x8", "channels_last")]["nn.Conv2d"]
+        assert conv_ms > 0 and row[1] == bench_layer._fmt(conv_ms)
+    assert "not measured" in out["targets"][-1].line()  # no --official: its targets are not claimed
+
+
+def test_layer_official_missing_path_is_a_clear_error(bench_layer, tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "FDConv.py"
+    with pytest.raises(SystemExit) as exc:
+        bench_layer.main(["--quick", "--official", str(missing)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "no such file" in err and "mmdet_custom/FDConv.py" in err
+
+
+def test_layer_official_file_without_the_class(bench_layer, tmp_path, capsys):
+    wrong = tmp_path / "FDConv.py"
+    wrong.write_text("import torch\n")
+    with pytest.raises(SystemExit):
+        bench_layer.main(["--quick", "--official", str(wrong)])
+    assert "defines no FDConv module class" in capsys.readouterr().err
+
+
+def test_models_quick_tiny_pair(bench_models, tmp_path, capsys):
+    plot = tmp_path / "models.png"
+    argv = ["--quick", "--threads", "1", "--models", "resnet18", "convnext_atto", "--model-kwargs", TINY_RESNET]
+    out = bench_models.main([*argv, "--markdown", "--plot", str(plot)])
+    text = capsys.readouterr().out
+    r = out["results"][("resnet18", "eager")]
+    assert "convnext_atto" not in text  # --quick: the first model only, batch 2, 64x64
+    assert "batch 2, 64x64" in text
+    rows = _table_rows(text, "resnet18")
+    assert len(rows) == 1
+    for mode, col in (("eval", 3), ("train", 5)):
+        assert rows[0][col] == f"{r[mode]['resnet18_fdconv'] / r[mode]['resnet18']:.2f}x"
+    mem = out["memory"]["resnet18"]
+    assert rows[0][7] == f"{mem['resnet18_fdconv'] / mem['resnet18']:.2f}x"
+    base_params, fd_params = out["params"]["resnet18"]
+    assert fd_params > base_params > 0.1  # FDConv adds attention parameters
+    assert "include resnet50 in --models" in text  # no resnet50: the targets say they were not measured
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_models_bad_arguments(bench_models, capsys):
+    with pytest.raises(SystemExit):
+        bench_models.main(["--models", "vgg11"])
+    assert "no FDConv variant for vgg11" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_models.main(["--model-kwargs", "[1]"])
+    assert "JSON object" in capsys.readouterr().err
+
+
+def test_peak_memory_counts_simultaneously_live_tensors(common):
+    def step():
+        a = torch.empty(2**18)  # 1 MiB
+        b = torch.empty(2**19)  # 2 MiB, while a is alive: 3 MiB peak
+        del a, b
+        c = torch.empty(2**19)  # 2 MiB after both are freed
+        del c
+
+    assert common.peak_memory_mib(step, torch.device("cpu")) == pytest.approx(3.0, abs=0.05)
+
+
+def test_median_times_budget_and_interleaving(common):
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.03)
+
+    def fast():
+        calls.append("fast")
+
+    times = common.median_times({"slow": slow, "fast": fast}, torch.device("cpu"), warmup=1, repeats=10, budget_s=0.05)
+    assert calls.count("slow") == 1 + 3  # one warm-up, then stops after the minimum of 3 timed runs
+    assert calls.count("fast") == 1 + 10
+    assert calls[2:6] == ["slow", "fast", "slow", "fast"]  # round-robin
+    assert 25 < times["slow"] < 1000 and times["fast"] < 25
+
+
+def test_target_lines(common):
+    at_most = common.Target("eval ratio", 3.0, True, {"C=64": 2.0, "C=512": 3.5})
+    assert not at_most.met and "NOT met" in at_most.line() and "C=512 3.50x" in at_most.line()
+    at_least = common.Target("speed-up", 5.0, False, {"C=64": 5.0})
+    assert at_least.met and ": met" in at_least.line()
+    assert "not measured" in common.Target("x", 1.0, True, {}).line()
