@@ -63,7 +63,9 @@ _DEMO_MODEL_KWARGS = dict(layers=(1, 1, 1, 1), channels=(32, 64, 96, 128))  # a 
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The main job: fine-tune an FDConv ResNet and its plain counterpart the same way on scikit-learn's digits."""
+    """The main job: fine-tune an FDConv ResNet and its plain counterpart the same way on scikit-learn's digits,
+    then draw the FDConv pictures and export the FDConv model to ONNX (checked with onnxruntime)."""
+    from .export import ONNX_TOLERANCE
     from .finetune import finetune_classification
 
     run_dir = Path(args.output_dir) / time.strftime("%Y%m%d-%H%M%S")  # a new folder per run: never overwrites
@@ -82,8 +84,36 @@ def _demo(args: argparse.Namespace) -> int:
     _logger.info("\n%s\n%s", header, "-" * (len(header) + 30))
     for r in results:
         _logger.info(f"{r.model_name:18} {r.parameters:>10,} {r.accuracy:>9.4f} {r.train_seconds:>8.0f}  {r.saved_to}")
-    _logger.info("\nLoad a result with: import fdconv_zoo, timm; timm.create_model('local-dir:%s', pretrained=True)", results[0].saved_to)
-    return 0
+    fdconv_model = results[0].model.timm_model.eval()
+    figures = _demo_figures(fdconv_model, run_dir / "figures")
+    onnx_path, onnx_error = _demo_export(fdconv_model, run_dir / "resnet18_fdconv.onnx")
+    _logger.info("\nFigures: %s", ", ".join(str(p) for p in figures))
+    _logger.info("ONNX: %s (onnxruntime vs PyTorch at batch 1 and 3: max relative error %.1e)", onnx_path, onnx_error)
+    _logger.info("Load a result with: import fdconv_zoo, timm; timm.create_model('local-dir:%s', pretrained=True)", results[0].saved_to)
+    return 0 if onnx_error <= ONNX_TOLERANCE else 1
+
+
+def _demo_figures(model: nn.Module, out_dir: Path) -> list[Path]:
+    """The paper's pictures for the trained model: group spectra and their orthogonality, FBM maps of a digit."""
+    import timm.data
+    from PIL import Image
+
+    from .finetune import load_image_classification_dataset
+    from .viz import save_demo_figures
+
+    digit = load_image_classification_dataset("digits", seed=0)["test"][0]["image"]
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    image = transform(digit.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC))
+    return save_demo_figures(model, image, out_dir)
+
+
+def _demo_export(model: nn.Module, path: Path) -> tuple[Path, float]:
+    """Export the trained FDConv model to ONNX (dynamic batch) and check onnxruntime against PyTorch."""
+    from .export import export_onnx, verify_onnx
+
+    _logger.info("\nExporting %s to ONNX ...", path.name)
+    export_onnx(model, path, input_size=(3, 32, 32))
+    return path, verify_onnx(path, model, batch_sizes=(1, 3))
 
 
 def _bad_input_exits(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

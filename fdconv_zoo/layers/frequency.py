@@ -217,10 +217,10 @@ def inverse_weight_spectrum(spectrum: torch.Tensor, cols: int) -> torch.Tensor:
 # ------------------------------------------------------------------ inverse weight transform under export
 # torch.export/ONNX have no inverse real FFT, so under export the weight image is synthesised with matrix
 # products instead: a complex inverse DFT along the rows, then the half-spectrum (C2R) inverse along the
-# columns, each split as N = N1 * N2 (one Cooley-Tukey step, twiddles folded into the second stage), which
-# costs O(N1 + N2) instead of O(N) multiply-adds per element (5.5 instead of 92 GMAC per image for
-# ResNet-50). The matrices are built in float64 with numpy (never fake tensors, so the cache stays valid
-# across exports) and become initialisers of the exported graph.
+# columns, each split as N = N1 * N2 (one Cooley-Tukey step), which costs O(N1 + N2) instead of O(N)
+# multiply-adds per element (5.5 instead of 92 GMAC per image for ResNet-50). The matrices are built in
+# float64 with numpy (never fake tensors, so the cache stays valid across exports) and become initialisers
+# of the exported graph.
 _DENSE_DFT_MAX = 64  # sizes up to this use one dense matrix
 
 
@@ -239,89 +239,87 @@ def _dft_split(n: int) -> tuple[int, int] | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _irfft2_matrices(rows: int, cols: int, dtype_name: str) -> tuple:
-    """Read-only numpy matrices of ``_irfft2_matmul`` for one shape, built in float64 then cast."""
+def _irfft2_matrices(rows: int, cols: int, dtype_name: str) -> tuple[tuple, tuple]:
+    """Read-only numpy matrices of ``_irfft2_matmul`` for one shape (rows stage, columns stage), built in
+    float64 then cast. Complex matrices come as (real, imaginary) pairs."""
     import numpy as np
 
     def roots(n: int, a, b):  # cos and sin of 2 pi a b / n, the phase reduced exactly in integers
         phase = (np.outer(np.asarray(a, np.int64), np.asarray(b, np.int64)) % n) * (2 * math.pi / n)
         return np.cos(phase), np.sin(phase)
 
-    def left(cos, sin):  # complex matrix acting from the left on [re; im] stacked along the contracted axis
-        return np.block([[cos, -sin], [sin, cos]])
-
-    n2 = cols // 2 + 1
-    weight = np.full(n2, 2.0)  # C2R: the zero (and Nyquist) column counts once, the others twice
-    weight[0] = 1.0
-    if cols % 2 == 0:
-        weight[-1] = 1.0
-    out: list = []
     split = _dft_split(rows)
     if split is None:
-        out.append(left(*roots(rows, range(rows), range(rows))) / rows)
+        row_mats = tuple(m / rows for m in roots(rows, range(rows), range(rows)))
     else:
         a, b = split  # r = r1 * b + r2, k = k1 + a * k2
-        out.append(left(*roots(a, range(a), range(a))) / rows)
-        # stage 2 for each k1: exp(2 pi i r2 (k1 + a k2) / rows), the twiddle folded in
-        out.append(np.stack([left(*roots(rows, [k1 + a * k2 for k2 in range(b)], range(b))) for k1 in range(a)]))
+        stage2 = [roots(rows, [k1 + a * k2 for k2 in range(b)], range(b)) for k1 in range(a)]  # twiddles folded in
+        row_mats = (*(m / rows for m in roots(a, range(a), range(a))), np.stack([c for c, _ in stage2]), np.stack([s for _, s in stage2]))
+    n2 = cols // 2 + 1
+    weight = np.full(n2, 2.0 / cols)  # C2R: the zero (and Nyquist) column counts once, the others twice
+    weight[0] = 1.0 / cols
+    if cols % 2 == 0:
+        weight[-1] = 1.0 / cols
     split = _dft_split(cols)
     if split is None:
-        cos, sin = roots(cols, range(n2), range(cols))
-        out.append(np.concatenate([cos * weight[:, None], -sin * weight[:, None]]) / cols)  # (2 n2, cols)
+        col_mats = tuple(m * weight[:, None] for m in roots(cols, range(n2), range(cols)))  # (n2, cols)
     else:
-        a, b = split  # m = m1 * b + m2 (the spectrum zero-padded to m1 < m1_count), n = n1 + a * n2'
-        m1_count = -(-n2 // b)
-        cos, sin = roots(a, range(m1_count), range(a))
-        out.append(np.block([[cos, sin], [-sin, cos]]) / cols)  # acts from the right on [re, im]
-        out.append(weight)
-        stage2 = []
-        for n1 in range(a):
-            cos, sin = roots(cols, range(b), [n1 + a * k for k in range(b)])
-            stage2.append(np.concatenate([cos, -sin]))  # real part only: (2 b, b)
-        out.append(np.stack(stage2))
-    out = [np.ascontiguousarray(m, dtype=dtype_name) for m in out]
-    for m in out:
-        m.flags.writeable = False
-    return tuple(out)
+        a, b = split  # m = m1 * b + m2 (zero-padded to m1 < ceil(n2 / b)), n = n1 + a * n2'
+        col_mats = (weight, *roots(a, range(a), range(-(-n2 // b))), *roots(cols, range(a), range(b)), *roots(b, range(b), range(b)))
+    out = tuple(tuple(np.ascontiguousarray(m, dtype=dtype_name) for m in mats) for mats in (row_mats, col_mats))
+    for mats in out:
+        for m in mats:
+            m.flags.writeable = False
+    return out
+
+
+def _complex_matmul(m_re: torch.Tensor, m_im: torch.Tensor, x_re: torch.Tensor, x_im: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m_re + i m_im) @ (x_re + i x_im) as real and imaginary parts."""
+    return m_re @ x_re - m_im @ x_im, m_re @ x_im + m_im @ x_re
 
 
 def _irfft2_matmul(spectrum: torch.Tensor, cols: int) -> torch.Tensor:
-    """``torch.fft.irfft2(view_as_complex(spectrum), s=(rows, cols))`` for (..., rows, cols//2+1, 2) real
-    spectra, as matrix products with fixed DFT matrices (exportable to ONNX; see the note above).
+    """``torch.fft.irfft2(complex(spectrum[..., 0], spectrum[..., 1]), s=(rows, cols))`` for (..., rows,
+    cols//2+1, 2) real spectra, as matrix products with fixed DFT matrices (exportable; see the note above).
 
     Reads the zero and Nyquist columns as torch's CPU ``irfft2`` does: only their real parts after the
-    inverse transform along the rows.
+    inverse transform along the rows. Every contraction is a matmul over the last or second-to-last axis
+    and every reordering swaps one axis pair: onnxruntime's general transpose is several times slower.
     """
     rows, n2 = spectrum.shape[-3], spectrum.shape[-2]
     if n2 != cols // 2 + 1 or spectrum.shape[-1] != 2:
         raise ValueError(f"expected a (..., rows, {cols // 2 + 1}, 2) spectrum for {cols} columns, got {tuple(spectrum.shape)}")
     dtype = spectrum.dtype
     np_dtype = {torch.float32: "float32", torch.float64: "float64"}.get(dtype, "float64")
-    mats = [torch.from_numpy(m.copy()) for m in _irfft2_matrices(rows, cols, np_dtype)]  # fresh: constants under export
-    if spectrum.device.type != "cpu" or mats[0].dtype != dtype:
-        mats = [m.to(device=spectrum.device, dtype=dtype) for m in mats]
+    # Fresh tensors from numpy: under export they become constants (a cached tensor would be a fake one).
+    row_mats, col_mats = ([torch.from_numpy(m.copy()) for m in mats] for mats in _irfft2_matrices(rows, cols, np_dtype))
+    if spectrum.device.type != "cpu" or row_mats[0].dtype != dtype:
+        row_mats, col_mats = ([m.to(device=spectrum.device, dtype=dtype) for m in mats] for mats in (row_mats, col_mats))
     lead = spectrum.shape[:-3]
-    x = spectrum.reshape(-1, rows, n2, 2).permute(0, 3, 1, 2)  # (b, re/im, rows, n2)
-    split = _dft_split(rows)
-    if split is None:
-        y = torch.matmul(mats.pop(0), x.reshape(-1, 2 * rows, n2))  # (b, 2 rows, n2)
+    spectrum = spectrum.reshape(-1, rows, n2, 2)
+    re, im = spectrum[..., 0], spectrum[..., 1]  # (batch, rows, n2)
+    row_split = _dft_split(rows)
+    if row_split is None:
+        re, im = _complex_matmul(*row_mats, re, im)
     else:
-        a, b = split
-        t = torch.matmul(mats.pop(0), x.reshape(-1, 2 * a, b * n2))  # (b, re/im, k1, r2, n2)
-        t = t.reshape(-1, 2, a, b, n2).transpose(1, 2).reshape(-1, a, 2 * b, n2)
-        t = torch.matmul(mats.pop(0), t)  # (b, k1, re/im, k2, n2)
-        y = t.reshape(-1, a, 2, b, n2).permute(0, 2, 3, 1, 4)  # row k = k1 + a k2
-    y = y.reshape(-1, 2, rows, n2)
-    split = _dft_split(cols)
-    if split is None:
-        out = torch.matmul(y.transpose(1, 2).reshape(-1, rows, 2 * n2), mats.pop(0))
+        a, b = row_split
+        f_re, f_im, g_re, g_im = row_mats
+        re, im = _complex_matmul(f_re, f_im, re.reshape(-1, a, b * n2), im.reshape(-1, a, b * n2))  # (batch, k1, r2 * n2)
+        re, im = _complex_matmul(g_re, g_im, re.reshape(-1, a, b, n2), im.reshape(-1, a, b, n2))  # (batch, k1, k2, n2)
+        re, im = re.reshape(-1, rows, n2), im.reshape(-1, rows, n2)  # rows in (k1, k2) order, sorted at the end
+    col_split = _dft_split(cols)
+    if col_split is None:
+        out = re @ col_mats[0] - im @ col_mats[1]
     else:
-        a, b = split
-        m1_count = mats[0].shape[0] // 2
-        y = F.pad(y * mats[1], (0, m1_count * b - n2))  # C2R weights, zero-padded to m1_count * b columns
-        t = y.reshape(-1, 2, rows, m1_count, b).permute(0, 2, 4, 1, 3).reshape(-1, rows, b, 2 * m1_count)
-        t = torch.matmul(t, mats[0])  # (b, rows, m2, re/im, n1)
-        t = t.reshape(-1, rows, b, 2, a).permute(4, 0, 1, 3, 2).reshape(a, -1, 2 * b)
-        t = torch.matmul(t, mats[2])  # (n1, b * rows, n2')
-        out = t.reshape(a, -1, rows, b).permute(1, 2, 3, 0)  # column n = n1 + a n2'
+        a, b = col_split
+        weight, e_re, e_im, t_re, t_im, d_cos, d_sin = col_mats
+        padded = e_re.shape[-1] * b
+        re = F.pad(re * weight, (0, padded - n2)).reshape(-1, rows, padded // b, b)  # (batch, rows, m1, m2)
+        im = F.pad(im * weight, (0, padded - n2)).reshape(-1, rows, padded // b, b)
+        re, im = _complex_matmul(e_re, e_im, re, im)  # (batch, rows, n1, m2)
+        re, im = re * t_re - im * t_im, re * t_im + im * t_re  # twiddles
+        out = (re @ d_cos - im @ d_sin).transpose(-1, -2).reshape(-1, rows, cols)  # real part; column n1 + a n2'
+    if row_split is not None:
+        a, b = row_split
+        out = out.reshape(-1, a, b, cols).transpose(1, 2)  # row k1 + a k2
     return out.reshape(*lead, rows, cols)
