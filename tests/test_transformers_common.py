@@ -411,8 +411,12 @@ def test_upernet_with_an_fdconv_backbone_builds_runs_and_gives_a_loss(family, tm
     model.save_pretrained(tmp_path)
     reloaded = UperNetForSemanticSegmentation.from_pretrained(tmp_path)
     assert type(reloaded.backbone) is family.backbone
+    expected, actual = model.state_dict(), reloaded.state_dict()
+    assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
     model.eval()
-    assert torch.equal(logits(reloaded, x), logits(model, x))
+    # Same tensors, same function; single-threaded oneDNN kernels in the UperNet head may round differently
+    # for differently aligned copies (3e-10 seen), so the outputs are compared to float32 round-off.
+    assert relative_error(logits(reloaded, x), logits(model, x)) < 1e-6
 
 
 @family_param
