@@ -100,7 +100,7 @@ def test_per_sample_convolution_formulations_agree(monkeypatch, case, batch):
     loop = layer._per_sample_conv(x, weight)  # the CPU formulation
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     grouped = layer._per_sample_conv(x, weight)
-    monkeypatch.setattr(fdconv_module, "_is_exporting", lambda: True)
+    monkeypatch.setattr(fdconv_module, "is_exporting", lambda: True)
     matmul = layer._per_sample_conv(x, weight)
     for name, y in (("loop", loop), ("grouped", grouped), ("im2col", matmul)):
         assert y.shape == expected.shape, name

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .frequency import band_lowpass, frequency_group_map, inverse_weight_spectrum
+from .frequency import band_lowpass, frequency_group_map, inverse_weight_spectrum, is_exporting
 
 __all__ = [
     "FDConv",
@@ -48,15 +48,10 @@ _FBM_KEYS = set(DEFAULT_FBM_CFG) | {"max_size", "exact_masks"}
 _ACTIVATIONS = ("sigmoid", "tanh")
 
 
-def _is_exporting() -> bool:
-    """True while ``torch.onnx.export`` or ``torch.export`` traces the model."""
-    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
-
-
 def _float32_region(device_type: str) -> contextlib.AbstractContextManager:
     """Autocast off (FFTs and band splits run in float32); a no-op while exporting, where an autocast region
     only adds a wrapper op to the graph (exported graphs run in the dtype they were traced in)."""
-    return contextlib.nullcontext() if _is_exporting() else torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext() if is_exporting() else torch.autocast(device_type, enabled=False)
 
 
 def _attention(logits: torch.Tensor, act: str, att_multi: float) -> torch.Tensor:
@@ -590,7 +585,7 @@ class FDConv(nn.Module):
         else:
             # One gather of the KN group attentions (scaled by alpha) per bin; no scatter into a zero map.
             ka = group_attention.to(dtype).view(-1, self.param_ratio, self.kernel_num) * self.alpha
-            groups = self.frequency_group.long() if _is_exporting() else self.frequency_group  # ONNX gathers need int64
+            groups = self.frequency_group.long() if is_exporting() else self.frequency_group  # ONNX gathers need int64
             per_bin = ka[:, :, groups, None]  # (B, P, rows, n2, 1)
             spec = spectrum[0] * per_bin[:, 0] if self.param_ratio == 1 else (spectrum * per_bin).sum(1)
         return inverse_weight_spectrum(spec, cols)  # spec is a fresh tensor: symmetrised in place
@@ -647,7 +642,7 @@ class FDConv(nn.Module):
         count that does not depend on the dynamic batch size).
         """
         b, cout = x.shape[0], self.out_channels
-        if _is_exporting():
+        if is_exporting():
             padding = self.padding
             if self.padding_mode != "zeros" or isinstance(padding, str):  # also 'same' / 'valid'
                 mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
@@ -693,7 +688,7 @@ class FDConv(nn.Module):
         recompute = self.recompute_weight
         if recompute is None:  # per sample: weight Cout*Cin*k*k against input Cin*positions
             recompute = self.out_channels * self.kernel_size[0] * self.kernel_size[1] > positions
-        if recompute and torch.is_grad_enabled() and not _is_exporting():
+        if recompute and torch.is_grad_enabled() and not is_exporting():
             # Keep none of the B per-sample weights for backward, recompute them there instead (KSM_Global,
             # with its BatchNorm statistics, stays outside and runs once).
             y = checkpoint(self._dynamic_conv, *inputs, use_reentrant=False)

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FBM_MASK_GRID", "band_lowpass", "band_mask_factors", "band_masks", "frequency_group_map", "inverse_weight_spectrum", "radial_frequency"]
+__all__ = [
+    "FBM_MASK_GRID", "band_lowpass", "band_mask_factors", "band_masks", "frequency_group_map", "inverse_weight_spectrum",
+    "is_exporting", "radial_frequency",
+]
 
 FBM_MASK_GRID = (64, 64)  # official FBM precomputes its masks on this grid and resizes them
 
@@ -200,7 +203,7 @@ def inverse_weight_spectrum(spectrum: torch.Tensor, cols: int) -> torch.Tensor:
     even); those columns are symmetrised explicitly, in place (pass a tensor you own), so every FFT backend
     computes the same weight whatever it does with non-Hermitian input.
     """
-    if _exporting():
+    if is_exporting():
         # torch.export / ONNX have no inverse real FFT: matrix products instead. They read only the real part of
         # the zero and Nyquist columns after the row transform, which the symmetrisation leaves unchanged.
         return _irfft2_matmul(spectrum, cols)
@@ -224,10 +227,9 @@ def inverse_weight_spectrum(spectrum: torch.Tensor, cols: int) -> torch.Tensor:
 _DENSE_DFT_MAX = 64  # sizes up to this use one dense matrix
 
 
-def _exporting() -> bool:
-    """Whether a graph is being captured for ``torch.export``/``torch.onnx.export`` (both exporters)."""
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return torch.onnx.is_in_onnx_export() or (is_exporting is not None and is_exporting())
+def is_exporting() -> bool:
+    """True while ``torch.onnx.export`` (either exporter) or ``torch.export`` traces the model."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
 def _dft_split(n: int) -> tuple[int, int] | None:
