@@ -102,8 +102,8 @@ def _demo_figures(model: nn.Module, out_dir: Path) -> list[Path]:
     from .viz import save_demo_figures
 
     digit = load_image_classification_dataset("digits", seed=0)["test"][0]["image"]
-    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
-    image = transform(digit.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC))
+    config = timm.data.resolve_data_config({"input_size": (3, 32, 32), "crop_pct": 1.0}, model=model)  # as trained
+    image = timm.data.create_transform(**config)(digit.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC))
     return save_demo_figures(model, image, out_dir)
 
 

@@ -91,17 +91,13 @@ CONV_CASES = [
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
-def test_per_sample_convolution_formulations_agree(monkeypatch, case, batch):
+def test_per_sample_convolution_formulations_agree(case, batch):
     torch.manual_seed(0)
     layer = FDConv(**case, kernel_num=4).double()
     x = torch.randn(batch, layer.in_channels, 11, 9, dtype=torch.float64)
     weight = torch.randn(batch, layer.out_channels, layer.in_channels, *layer.kernel_size, dtype=torch.float64)
     expected = torch.cat([nn.Conv2d.forward(_plain_conv(layer, weight[i]), x[i : i + 1]) for i in range(batch)])
-    loop = layer._per_sample_conv(x, weight)  # the CPU formulation
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    grouped = layer._per_sample_conv(x, weight)
-    monkeypatch.setattr(fdconv_module, "is_exporting", lambda: True)
-    matmul = layer._per_sample_conv(x, weight)
+    loop, grouped, matmul = (layer._per_sample_conv(x, weight, method) for method in ("loop", "grouped", "im2col"))
     for name, y in (("loop", loop), ("grouped", grouped), ("im2col", matmul)):
         assert y.shape == expected.shape, name
         assert (y - expected).abs().max() < 1e-12, name
@@ -244,3 +240,12 @@ def test_default_recomputes_only_where_weights_outsize_the_input():
     shallow, deep = FDConv(64, 64, 3, padding=1), FDConv(512, 512, 3, padding=1)
     assert _saved_for_backward(shallow.train(), torch.randn(2, 64, 56, 56)) > 2 * 64 * 64 * 9  # weights kept
     assert _saved_for_backward(deep.train(), torch.randn(2, 512, 7, 7)) < 512 * 512 * 9  # recomputed
+
+
+def test_per_sample_convolution_method_by_layer_and_context(monkeypatch):
+    small, deep, x = FDConv(64, 64, 3, padding=1), FDConv(256, 256, 3, padding=1), torch.randn(1, 1, 1, 1)
+    assert (small._per_sample_conv_method(x), deep._per_sample_conv_method(x)) == ("grouped", "loop")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert deep._per_sample_conv_method(x) == "grouped"
+    monkeypatch.setattr(fdconv_module, "is_exporting", lambda: True)
+    assert deep._per_sample_conv_method(x) == "im2col"

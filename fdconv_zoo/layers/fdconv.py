@@ -633,16 +633,21 @@ class FDConv(nn.Module):
         weight = weight.mul_(kernel_image)
         return weight if factor is None else weight.mul_(factor)
 
-    def _per_sample_conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Convolve sample i of ``x`` (B, Cin, H, W) with ``weight[i]`` (B, Cout, Cin, k, k).
-
-        Three formulations of the same sums: a loop of ordinary convolutions on the CPU (oneDNN's
-        grouped convolution is up to 3x slower there for deep layers), one convolution with B groups on
-        accelerators and when compiling, and im2col + batched matmul when exporting (ONNX needs a group
-        count that does not depend on the dynamic batch size).
-        """
-        b, cout = x.shape[0], self.out_channels
+    def _per_sample_conv_method(self, x: torch.Tensor) -> str:
+        """im2col + batched matmul when exporting (ONNX needs a group count that does not depend on the dynamic
+        batch), a loop of ordinary convolutions for deep layers on the CPU (oneDNN's grouped convolution is up
+        to 3x slower there), otherwise one convolution with B groups (accelerators, compile, small layers)."""
         if is_exporting():
+            return "im2col"
+        deep = self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1] >= 2**17
+        return "loop" if deep and x.device.type == "cpu" and not torch.compiler.is_compiling() else "grouped"
+
+    def _per_sample_conv(self, x: torch.Tensor, weight: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        """Convolve sample i of ``x`` (B, Cin, H, W) with ``weight[i]`` (B, Cout, Cin, k, k); three
+        formulations of the same sums (``_per_sample_conv_method``)."""
+        method = method or self._per_sample_conv_method(x)
+        b, cout = x.shape[0], self.out_channels
+        if method == "im2col":
             padding = self.padding
             if self.padding_mode != "zeros" or isinstance(padding, str):  # also 'same' / 'valid'
                 mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
@@ -653,7 +658,7 @@ class FDConv(nn.Module):
             )
             columns = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (B, Cin*k*k, L)
             return torch.bmm(weight.flatten(2), columns).unflatten(2, (h_out, w_out))
-        if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        if method == "loop":
             return torch.cat([self._conv(x[i : i + 1], weight[i], 1) for i in range(b)])
         h, w = x.shape[-2:]
         y = self._conv(x.reshape(1, -1, h, w), weight.flatten(0, 1), groups=b)
