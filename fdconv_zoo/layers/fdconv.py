@@ -677,7 +677,7 @@ class FDConv(nn.Module):
             pooled, positions = x.mean(1), x.shape[1]
         else:
             pooled, positions = x.mean((2, 3)), x.shape[2] * x.shape[3]
-        b, cin, cout, k = x.shape[0], self.in_channels, self.out_channels, self.kernel_size[0]
+        b, cin, cout = x.shape[0], self.in_channels, self.out_channels
 
         if torch.is_autocast_enabled(x.device.type):  # small (B, Cin) work; half precision costs up to 8e-2 in the attentions
             with _float32_region(x.device.type):
