@@ -20,15 +20,6 @@ from fdconv_zoo.finetune import FinetuneInputError, _image_transforms, finetune_
 TINY = dict(layers=(1, 1, 1, 1), channels=(32, 64, 96, 128))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine: one thread trains several times faster than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def colour_images(n: int) -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(n)]

@@ -59,15 +59,6 @@ def segmentation_dataset(n: int, seed: int) -> Dataset:
     return Dataset.from_dict({"image": [PILImage.fromarray(i) for i in images], "annotation": [PILImage.fromarray(m) for m in masks]}, features=features)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread trains ~10x faster than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     config = FDConvSegformerConfig(
