@@ -128,9 +128,10 @@ def test_batch_one_training_uses_running_statistics():
     assert bn.num_batches_tracked.item() == before["num_batches_tracked"].item() + 1
 
 
-def test_autocast_bfloat16_keeps_ffts_in_float32():
-    layer = dynamic_layer(64, 64, 3, padding=1, kernel_num=16).eval()
-    x = torch.randn(2, 64, 12, 12)
+@pytest.mark.parametrize("channels", [64, 128])  # 128: weights built a sample at a time, in reused buffers
+def test_autocast_bfloat16_keeps_ffts_in_float32(channels):
+    layer = dynamic_layer(channels, channels, 3, padding=1, kernel_num=16).eval()
+    x = torch.randn(2, channels, 12, 12)
     with torch.no_grad():
         ref = layer(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):

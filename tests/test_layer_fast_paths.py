@@ -74,7 +74,7 @@ def test_local_attention_equals_the_official_conv1d():
     pooled = torch.randn(3, 40, dtype=torch.float64)
     local = layer.KSM_Local
     official = local.conv(local.norm(pooled)[:, None, :])  # (B, Cout*k*k, Cin), official layout
-    expected = official.view(3, 24, 3, 3, 40).permute(0, 1, 4, 2, 3)
+    expected = official.view(3, 24, 3, 3, 40).permute(0, 1, 2, 4, 3).reshape(3, 24 * 3, 40 * 3)  # weight-image layout
     assert (local(pooled) - expected).abs().max() < 1e-12
 
 
@@ -97,8 +97,9 @@ def test_per_sample_convolution_formulations_agree(case, batch):
     x = torch.randn(batch, layer.in_channels, 11, 9, dtype=torch.float64)
     weight = torch.randn(batch, layer.out_channels, layer.in_channels, *layer.kernel_size, dtype=torch.float64)
     expected = torch.cat([nn.Conv2d.forward(_plain_conv(layer, weight[i]), x[i : i + 1]) for i in range(batch)])
-    loop, grouped, matmul = (layer._per_sample_conv(x, weight, method) for method in ("loop", "grouped", "im2col"))
-    for name, y in (("loop", loop), ("grouped", grouped), ("im2col", matmul)):
+    image = weight.permute(0, 1, 3, 2, 4)  # the layout the formulations take: (B, Cout, k, Cin, k)
+    for name in ("grouped", "im2col"):
+        y = layer._per_sample_conv(x, image, name)
         assert y.shape == expected.shape, name
         assert (y - expected).abs().max() < 1e-12, name
 
@@ -144,6 +145,12 @@ def official_forward(layer: FDConv, x: torch.Tensor) -> torch.Tensor:
         (dict(in_channels=48, out_channels=32, kernel_size=3, padding=1, bias=True), (7, 7), 1),
         (dict(in_channels=64, out_channels=64, kernel_size=3, stride=2, padding=1), (15, 16), 2),
         (dict(in_channels=40, out_channels=72, kernel_size=1), (9, 5), 2),
+        # deep layers: weights built a sample at a time, im2col convolution (the CPU fast paths of ResNet's last stages)
+        (dict(in_channels=128, out_channels=128, kernel_size=3, padding=1), (5, 6), 2),
+        (dict(in_channels=512, out_channels=256, kernel_size=1, stride=2), (5, 5), 3),
+        # im2col with the channel and filter attentions folded into the kernel (weights smaller than the features)
+        (dict(in_channels=24, out_channels=24, kernel_size=3, stride=3, padding=1), (12, 12), 2),
+        (dict(in_channels=64, out_channels=64, kernel_size=1), (6, 7), 2),
     ],
 )
 @pytest.mark.parametrize("train", [False, True])
@@ -156,6 +163,8 @@ def test_layer_equals_its_official_formulation(kwargs, size, batch, train):
     x_ref = x.detach().clone().requires_grad_(True)
     y, y_ref = layer(x), official_forward(reference, x_ref)
     assert relative_error(y, y_ref) < 1e-12
+    with torch.no_grad():  # the in-place path, reusing buffers across the samples of deep layers
+        assert relative_error(layer(x), y_ref) < 1e-12
     y.square().sum().backward()
     y_ref.square().sum().backward()
     assert relative_error(x.grad, x_ref.grad) < 1e-10
@@ -184,19 +193,34 @@ def test_recomputing_the_weight_in_backward_gives_the_same_gradients(kernel_size
         assert torch.allclose(grads[name], grads_kept[name], rtol=1e-12, atol=1e-14), name
 
 
+@pytest.mark.parametrize("recompute", [False, True])
+def test_weights_built_a_sample_at_a_time_give_the_same_gradients(monkeypatch, recompute):
+    torch.manual_seed(0)
+    layer = perturb_attention(FDConv(32, 48, 3, padding=1, kernel_num=8, recompute_weight=recompute)).double().train()
+    x = torch.randn(3, 32, 6, 5, dtype=torch.float64)
+    grad_x, grads = _train_step(layer, x)
+    monkeypatch.setattr(FDConv, "_samples_per_weight_chunk", lambda self, x: 1)
+    grad_x_chunked, grads_chunked = _train_step(layer, x)
+    assert torch.allclose(grad_x_chunked, grad_x, rtol=1e-12, atol=1e-14)
+    for name in grads:
+        assert torch.allclose(grads_chunked[name], grads[name], rtol=1e-12, atol=1e-14), name
+
+
 def _saved_for_backward(layer: FDConv, x: torch.Tensor) -> int:
-    """Elements of every tensor autograd keeps for backward during one forward (parameters excluded)."""
-    params = {p.data_ptr() for p in layer.parameters()}
-    saved = []
+    """Elements of memory autograd keeps for backward during one forward: the distinct storages of the saved
+    tensors, parameters (and views of them) excluded."""
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.data_ptr() not in params:
-            saved.append(t.numel())
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes() // t.element_size()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         layer(x.requires_grad_(True)).sum()
-    return sum(saved)
+    return sum(saved.values())
 
 
 def test_deep_layers_keep_no_per_sample_weight_for_backward_and_scale_linearly():
@@ -243,9 +267,23 @@ def test_default_recomputes_only_where_weights_outsize_the_input():
 
 
 def test_per_sample_convolution_method_by_layer_and_context(monkeypatch):
-    small, deep, x = FDConv(64, 64, 3, padding=1), FDConv(256, 256, 3, padding=1), torch.randn(1, 1, 1, 1)
-    assert (small._per_sample_conv_method(x), deep._per_sample_conv_method(x)) == ("grouped", "loop")
+    """im2col where the weight outsizes the output map (Cout >= H'W'), the grouped convolution elsewhere."""
+    layer = FDConv(256, 256, 3, padding=1, stride=2)
+    assert layer._per_sample_conv_method(torch.randn(1, 1, 32, 32)) == "im2col"  # 16x16 = 256 outputs
+    assert layer._per_sample_conv_method(torch.randn(1, 1, 34, 34)) == "grouped"  # 17x17
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert deep._per_sample_conv_method(x) == "grouped"
+    assert layer._per_sample_conv_method(torch.randn(1, 1, 7, 7)) == "grouped"
     monkeypatch.setattr(fdconv_module, "is_exporting", lambda: True)
-    assert deep._per_sample_conv_method(x) == "im2col"
+    assert layer._per_sample_conv_method(torch.randn(1, 1, 64, 64)) == "im2col"
+
+
+def test_weights_of_deep_cpu_layers_are_built_a_sample_at_a_time(monkeypatch):
+    """Inference: from 2**17 weight elements per sample; training: once the batch's weights pass 32 MB."""
+    small, deep, x = FDConv(64, 64, 3, padding=1), FDConv(128, 128, 3, padding=1), torch.randn(8, 1, 1, 1)
+    with torch.no_grad():
+        assert (small._samples_per_weight_chunk(x), deep._samples_per_weight_chunk(x)) == (None, 1)
+    deepest = FDConv(512, 512, 3, padding=1)  # 9.4 MB per sample
+    assert (deep._samples_per_weight_chunk(x), deepest._samples_per_weight_chunk(x[:3]), deepest._samples_per_weight_chunk(x[:4])) == (None, None, 1)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with torch.no_grad():
+        assert deep._samples_per_weight_chunk(x) is None

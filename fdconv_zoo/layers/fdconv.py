@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .frequency import band_lowpass, frequency_group_map, inverse_weight_spectrum, is_exporting
+from .frequency import band_lowpass, frequency_group_map, into, inverse_weight_planes, is_exporting
 
 __all__ = [
     "FDConv",
@@ -189,19 +189,22 @@ class KernelSpatialModulationLocal(nn.Module):
         nn.init.zeros_(self.conv.weight)  # official: 1e-6, i.e. almost (not exactly) neutral
         self.norm.reset_parameters()
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(B, Cin) descriptor -> logits in the layer's weight layout (B, Cout, Cin, k, k).
+    def forward(self, pooled: torch.Tensor, workspace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, Cin) descriptor -> logits in the weight-image layout (B, Cout*k, Cin*k) (into ``workspace``, see ``into``).
 
-        The official 1-input-channel ``Conv1d`` written as a matrix product over sliding windows: the same
-        sums, an order of magnitude faster for the thousands of output channels of deep layers, and already
-        in the layout the per-sample weight needs (no transposition of a weight-sized tensor).
+        Entry ``[b, o*k+u, i*k+v]`` is the logit of kernel element ``(o, i, u, v)``: the layout of the weight
+        image the inverse FFT produces, so the weight-sized products that follow run on contiguous tensors.
+        The official 1-input-channel ``Conv1d`` over the Cin sequence becomes one matrix product, taps
+        (Cout*k, taps*k) times the sliding windows spread over each channel's k columns (taps*k, Cin*k): k
+        times the Conv1d's multiply-adds, but one large GEMM that writes this layout directly.
         """
-        z = self.norm(pooled)
-        pad = self.conv.padding[0]
-        windows = F.pad(z, (pad, pad)).unfold(1, self.conv.kernel_size[0], 1)  # (B, Cin, taps)
-        k = self.kernel_size
-        taps = self.conv.weight.view(-1, k * k, self.conv.kernel_size[0]).transpose(1, 2)  # (Cout, taps, k*k)
-        return torch.matmul(windows[:, None], taps).unflatten(-1, (k, k))
+        z = self.norm(pooled.to(self.conv.weight.dtype))  # callers run this outside autocast
+        taps, pad, k = self.conv.kernel_size[0], self.conv.padding[0], self.kernel_size
+        windows = F.pad(z, (pad, pad)).unfold(1, taps, 1).transpose(1, 2)  # (B, taps, Cin)
+        eye = torch.eye(k, dtype=z.dtype, device=z.device)
+        spread = (windows[:, :, None, :, None] * eye[:, None, :]).flatten(3).flatten(1, 2)  # (B, taps*k, Cin*k)
+        weight = self.conv.weight.view(-1, k, k, taps).transpose(2, 3).reshape(-1, taps * k)  # (Cout*k, taps*k)
+        return into(workspace, "local_logits", torch.matmul, weight, spread)
 
 
 class FrequencyBandModulation(nn.Module):
@@ -571,24 +574,51 @@ class FDConv(nn.Module):
             return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, groups)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
-    def spectral_weight(self, group_attention: torch.Tensor | None) -> torch.Tensor:
-        """Per-sample weight image from the spectrum and the group attentions: (B, Cout*k, Cin*k).
+    def spectral_weight(self, group_attention: torch.Tensor | None, scale: float = 1.0) -> torch.Tensor:
+        """Per-sample weight image from the spectrum and the group attentions: (B, Cout*k, Cin*k), times ``scale``.
 
         ``image[b, o*k+u, i*k+v]`` is the static kernel entry ``[o, i, u, v]`` of sample b (official layout).
         Computed in float32 (float64 for float64 parameters); callers disable autocast: FFTs lack half precision.
         """
+        return self._weight_image(*self._spectrum_planes(), group_attention, scale)
+
+    def _spectrum_planes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored spectrum as real and imaginary planes (P, rows, n2) in the compute dtype, made once per forward
+        for all samples (so backward reassembles one gradient for the batch). Contiguous copies without autograd
+        (per-bin products on planes are 3x faster than on the interleaved pairs), views of the parameter with it
+        (autograd then keeps the parameter itself, not a weight-sized copy per layer)."""
+        spectrum = self.dft_weight.to(torch.promote_types(self.dft_weight.dtype, torch.float32))
+        if not (torch.is_grad_enabled() and spectrum.requires_grad):
+            spectrum = spectrum.movedim(-1, 0).contiguous().movedim(0, -1)
+        return spectrum[..., 0], spectrum[..., 1]
+
+    def _weight_image(
+        self,
+        real: torch.Tensor,
+        imag: torch.Tensor,
+        group_attention: torch.Tensor | None,
+        scale: float,
+        workspace: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         cols = self.in_channels * self.kernel_size[0]
-        dtype = torch.promote_types(self.dft_weight.dtype, torch.float32)
-        spectrum = self.dft_weight.to(dtype)  # (P, rows, n2, 2)
         if group_attention is None:  # a single group: the constant attention 1/(KN*P)
-            spec = spectrum.sum(0, keepdim=True) * (self.alpha / (self.kernel_num * self.param_ratio))
-        else:
-            # One gather of the KN group attentions (scaled by alpha) per bin; no scatter into a zero map.
-            ka = group_attention.to(dtype).view(-1, self.param_ratio, self.kernel_num) * self.alpha
-            groups = self.frequency_group.long() if is_exporting() else self.frequency_group  # ONNX gathers need int64
-            per_bin = ka[:, :, groups, None]  # (B, P, rows, n2, 1)
-            spec = spectrum[0] * per_bin[:, 0] if self.param_ratio == 1 else (spectrum * per_bin).sum(1)
-        return inverse_weight_spectrum(spec, cols)  # spec is a fresh tensor: symmetrised in place
+            factor = self.alpha * scale / (self.kernel_num * self.param_ratio)
+            return inverse_weight_planes(real.sum(0, keepdim=True) * factor, imag.sum(0, keepdim=True) * factor, cols)
+        # The group attention (scaled by alpha) of every bin, gathered from the KN per sample: no scatter into a
+        # zero map. Along the last axis, gather is 6x faster than indexing with the group map.
+        ka = group_attention.to(real.dtype).view(-1, self.param_ratio, 1, self.kernel_num) * (self.alpha * scale)
+        b, rows = ka.shape[0], real.shape[-2]
+        index = workspace.get("group_index") if workspace is not None else None
+        if index is None:
+            index = self.frequency_group.long()
+            if workspace is not None:
+                workspace["group_index"] = index
+        index = index.expand(b, self.param_ratio, *index.shape)
+        per_bin = into(workspace, "per_bin", torch.gather, ka.expand(b, self.param_ratio, rows, self.kernel_num), 3, index)  # (B, P, rows, n2)
+        if self.param_ratio == 1:
+            real, imag = (into(workspace, name, torch.mul, plane[0], per_bin[:, 0]) for name, plane in (("real", real), ("imag", imag)))
+            return inverse_weight_planes(real, imag, cols, workspace)
+        return inverse_weight_planes((real * per_bin).sum(1), (imag * per_bin).sum(1), cols)
 
     def _fold_attention_into_weight(self, positions: int) -> bool:
         """Channel and filter attentions are separable: fold them into the per-sample weight when it is
@@ -604,64 +634,111 @@ class FDConv(nn.Module):
         channel_att: torch.Tensor | None,
         filter_att: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Per-sample kernel (B, Cout, Cin, k, k) = weight image x local x spatial x channel x filter attentions.
+        """Per-sample kernel in the weight-image layout (B, Cout, k, Cin, k): the image (which already carries
+        ``att_multi``) times the local, spatial, channel and filter attentions.
 
-        The small factors are merged first, so the weight-sized work is one activation of the local logits
-        (which come in the kernel layout) and one product each with the weight image (read through a
-        transposing view, no copy) and the merged factors; without autograd these run in place.
+        Every weight-sized product runs on contiguous tensors of one layout (a transposing read is 10-40x
+        slower than a contiguous one on the CPU), and the small factors are merged first: one activation, one
+        product with the image and at most two broadcast products. Without autograd they run in place on
+        ``image`` and ``local_logits``, which the caller hands over.
         """
         b, cout, cin, k = image.shape[0], self.out_channels, self.in_channels, self.kernel_size[0]
-        kernel_image = image.view(b, cout, k, cin, k).permute(0, 1, 3, 2, 4)  # (B, Cout, Cin, k, k) view
-        factor = None  # (B, 1, Cin or 1, k or 1, k or 1)
-        if local_logits is not None and self.ksm_local_act == "sigmoid" and self.att_multi != 1.0:
-            factor = torch.full((1, 1, 1, 1, 1), self.att_multi, dtype=image.dtype, device=image.device)
-        for att, shape in ((spatial_att, (b, 1, 1, k, k)), (channel_att, (b, 1, cin, 1, 1))):
+        dtype = image.dtype
+        columns = None  # a factor over (u, i, v): (B, 1, k or 1, Cin or 1, k or 1)
+        for att, shape in ((spatial_att, (b, 1, k, 1, k)), (channel_att, (b, 1, 1, cin, 1))):
             if att is not None:
-                att = att.to(image.dtype).view(shape)
-                factor = att if factor is None else factor * att
-        if filter_att is not None:
-            filt = filter_att.to(image.dtype).view(b, cout, 1, 1, 1)
-            factor = filt if factor is None else factor * filt  # both small here: folding happens for small weights
-        if local_logits is None:
-            return kernel_image * (factor if factor is not None else 1.0)
-        logits = local_logits.to(image.dtype)
-        if torch.is_grad_enabled() and (logits.requires_grad or image.requires_grad):
-            att = torch.sigmoid(logits) if self.ksm_local_act == "sigmoid" else 1.0 + torch.tanh(logits)
-            weight = att * kernel_image
-            return weight if factor is None else weight * factor
-        weight = logits.sigmoid_() if self.ksm_local_act == "sigmoid" else logits.tanh_().add_(1.0)
-        weight = weight.mul_(kernel_image)
-        return weight if factor is None else weight.mul_(factor)
+                att = att.to(dtype).view(shape)
+                columns = att if columns is None else columns * att
+        rows = None if filter_att is None else filter_att.to(dtype).view(b, cout, 1, 1, 1)
+        tensors = (image, local_logits, spatial_att, channel_att, filter_att)
+        in_place = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+        weight = image.view(b, cout, k, cin, k)
+        if local_logits is not None:
+            logits = local_logits.to(dtype).view(b, cout, k, cin, k)
+            sigmoid = self.ksm_local_act == "sigmoid"
+            if in_place:
+                weight = (logits.sigmoid_() if sigmoid else logits.tanh_().add_(1.0)).mul_(weight)
+            else:
+                weight = (torch.sigmoid(logits) if sigmoid else 1.0 + torch.tanh(logits)) * weight
+        for factor in (columns, rows):
+            if factor is not None:
+                weight = weight.mul_(factor) if in_place else weight * factor
+        return weight
+
+    def _samples_per_weight_chunk(self, x: torch.Tensor) -> int | None:
+        """1 to build the per-sample weights one sample at a time, None for the whole batch at once.
+
+        On the CPU, a batch of deep-layer weights is tens of MB of temporaries per step, which glibc maps fresh
+        for every call (blocks over 32 MB always are), and faulting those pages in costs as much as the
+        arithmetic; one sample's buffers stay in cache and are reused (``into``). Measured at batch 8:
+        inference 128/41 ms (512 channels) and 41/70 ms (256) per sample/whole batch, and training (where
+        autograd needs fresh buffers) 0.5/1.3 s (512) but 0.19/0.17 s (256). So: per sample for inference from
+        2**17 weight elements per sample, for training once the batch's weights pass 32 MB. Whole batches
+        elsewhere (accelerators, compile, export), where one large call is faster.
+        """
+        if is_exporting() or torch.compiler.is_compiling() or x.device.type != "cpu":
+            return None  # the whole batch (a symbolic batch size must not be looped over)
+        numel = self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        if torch.is_grad_enabled():
+            return 1 if x.shape[0] * numel * 4 > 2**25 else None
+        return 1 if numel >= 2**17 else None
 
     def _per_sample_conv_method(self, x: torch.Tensor) -> str:
-        """im2col + batched matmul when exporting (ONNX needs a group count that does not depend on the dynamic
-        batch), a loop of ordinary convolutions for deep layers on the CPU (oneDNN's grouped convolution is up
-        to 3x slower there), otherwise one convolution with B groups (accelerators, compile, small layers)."""
+        """"im2col" (unfolded input times the weight image, batched matmul) or "grouped" (one convolution with B
+        groups). im2col while exporting (ONNX needs a group count that does not depend on the dynamic batch) and
+        on the CPU wherever the weight outsizes the output map (``Cout >= H'W'``): the matmul reads the weight in
+        the layout it is generated in, while the convolution needs it transposed first (9.9 against 2.2 ms for
+        one 512-channel 7x7 sample). The convolution elsewhere (accelerators, compile, shallow layers)."""
         if is_exporting():
             return "im2col"
-        deep = self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1] >= 2**17
-        return "loop" if deep and x.device.type == "cpu" and not torch.compiler.is_compiling() else "grouped"
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            return "grouped"
+        positions = math.prod(self._output_size(x.shape[-2:]))
+        return "im2col" if self.out_channels >= positions else "grouped"
 
-    def _per_sample_conv(self, x: torch.Tensor, weight: torch.Tensor, method: str | None = None) -> torch.Tensor:
-        """Convolve sample i of ``x`` (B, Cin, H, W) with ``weight[i]`` (B, Cout, Cin, k, k); three
-        formulations of the same sums (``_per_sample_conv_method``)."""
+    def _output_size(self, size: Sequence[int]) -> tuple[int, int]:
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            pads = self._reversed_padding_repeated_twice
+            size, padding = (size[0] + pads[2] + pads[3], size[1] + pads[0] + pads[1]), (0, 0)
+        else:
+            padding = self.padding
+        return tuple(  # type: ignore[return-value]
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, p, d, k, s in zip(size, padding, self.dilation, self.kernel_size, self.stride)
+        )
+
+    def _per_sample_conv(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        method: str | None = None,
+        spatial_att: torch.Tensor | None = None,
+        channel_att: torch.Tensor | None = None,
+        filter_att: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Convolve sample i of ``x`` (B, Cin, H, W) with ``weight[i]``, given in the weight-image layout
+        (B, Cout, k, Cin, k); two formulations of the same sums (``_per_sample_conv_method``). im2col can also
+        scale the kernel by separable attentions, applied to the unfolded input and the output."""
         method = method or self._per_sample_conv_method(x)
-        b, cout = x.shape[0], self.out_channels
+        b, cout, cin, k = x.shape[0], self.out_channels, self.in_channels, self.kernel_size[0]
         if method == "im2col":
+            h_out, w_out = self._output_size(x.shape[-2:])
             padding = self.padding
             if self.padding_mode != "zeros" or isinstance(padding, str):  # also 'same' / 'valid'
                 mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
                 x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=mode), (0, 0)
-            h_out, w_out = (
-                (size + 2 * p - d * (k - 1) - 1) // s + 1
-                for size, p, d, k, s in zip(x.shape[-2:], padding, self.dilation, self.kernel_size, self.stride)
-            )
-            columns = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (B, Cin*k*k, L)
-            return torch.bmm(weight.flatten(2), columns).unflatten(2, (h_out, w_out))
-        if method == "loop":
-            return torch.cat([self._conv(x[i : i + 1], weight[i], 1) for i in range(b)])
+            columns = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (B, Cin*k*k, L), (i, u, v) order
+            columns = columns.view(b, cin, k, k, -1).transpose(1, 2).contiguous()  # (B, k, Cin, k, L): the image's (u, i, v)
+            for att, shape in ((spatial_att, (b, k, 1, k, 1)), (channel_att, (b, 1, cin, 1, 1))):
+                if att is not None:
+                    columns = columns * att.to(columns.dtype).view(shape)
+            y = torch.bmm(weight.reshape(b, cout, -1), columns.view(b, k * cin * k, -1))
+            if filter_att is not None:
+                y = y * filter_att.to(y.dtype).view(b, cout, 1)
+            return y.unflatten(2, (h_out, w_out))
         h, w = x.shape[-2:]
-        y = self._conv(x.reshape(1, -1, h, w), weight.flatten(0, 1), groups=b)
+        kernel = weight.permute(0, 1, 3, 2, 4).reshape(b * cout, cin, k, k)
+        y = self._conv(x.reshape(1, -1, h, w), kernel, groups=b)
         return y.view(b, cout, *y.shape[-2:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -689,16 +766,28 @@ class FDConv(nn.Module):
             x = self.FBM(x)
         if channel_att is not None and not fold:
             x = x * (channel_att.view(b, 1, cin) if self.token_layout else channel_att.view(b, cin, 1, 1)).to(x.dtype)
-        inputs = (x, pooled, spatial_att, group_att, channel_att if fold else None, filter_att if fold else None)
+        with _float32_region(x.device.type):
+            real, imag = self._spectrum_planes()  # once for the whole batch
+        method = "matmul" if self.token_layout else self._per_sample_conv_method(x)
+        inputs = (x, pooled, real, imag, spatial_att, group_att, channel_att if fold else None, filter_att if fold else None)
         recompute = self.recompute_weight
         if recompute is None:  # per sample: weight Cout*Cin*k*k against input Cin*positions
             recompute = self.out_channels * self.kernel_size[0] * self.kernel_size[1] > positions
-        if recompute and torch.is_grad_enabled() and not is_exporting():
-            # Keep none of the B per-sample weights for backward, recompute them there instead (KSM_Global,
-            # with its BatchNorm statistics, stays outside and runs once).
-            y = checkpoint(self._dynamic_conv, *inputs, use_reentrant=False)
-        else:
-            y = self._dynamic_conv(*inputs)
+        recompute = recompute and torch.is_grad_enabled() and not is_exporting()
+        chunk = self._samples_per_weight_chunk(x)
+        parts = [inputs]
+        if chunk is not None:
+            parts = [tuple(t if t is None or t is real or t is imag else t[i : i + chunk] for t in inputs) for i in range(0, b, chunk)]
+        workspace = {} if len(parts) > 1 and not torch.is_grad_enabled() else None  # buffers reused across chunks
+        outputs = []
+        for part in parts:
+            if recompute:
+                # Keep none of the per-sample weights for backward, recompute them there, a chunk at a time
+                # (KSM_Global, with its BatchNorm statistics, stays outside and runs once).
+                outputs.append(checkpoint(self._dynamic_conv, *part, method, use_reentrant=False))
+            else:
+                outputs.append(self._dynamic_conv(*part, method, workspace))
+        y = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         if filter_att is not None and not fold:
             y = y * (filter_att.view(b, 1, cout) if self.token_layout else filter_att.view(b, cout, 1, 1)).to(y.dtype)
         if self.bias is not None:
@@ -709,21 +798,35 @@ class FDConv(nn.Module):
         self,
         x: torch.Tensor,
         pooled: torch.Tensor,
+        real: torch.Tensor,
+        imag: torch.Tensor,
         spatial_att: torch.Tensor | None,
         group_att: torch.Tensor | None,
         channel_att: torch.Tensor | None,
         filter_att: torch.Tensor | None,
+        method: str,
+        workspace: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Build the per-sample weights (local attention, spectrum, modulation) and apply them to ``x``."""
+        """Build the per-sample weights (local attention, spectrum, modulation) and apply them to ``x``.
+
+        With im2col the separable attentions (spatial, and channel/filter when folded) scale the unfolded input
+        and the output instead of the weight: the same products on tensors 10x smaller in deep layers.
+        """
         b, cin, cout = x.shape[0], self.in_channels, self.out_channels
-        local_logits = self.KSM_Local(pooled) if hasattr(self, "KSM_Local") else None
+        on_weight = (spatial_att, channel_att, filter_att) if method != "im2col" else (None, None, None)
         with _float32_region(x.device.type):
-            weight = self._modulated_weight(self.spectral_weight(group_att), local_logits, spatial_att, channel_att, filter_att)
+            local_logits = self.KSM_Local(pooled, workspace) if hasattr(self, "KSM_Local") else None
+            # att_multi, the local attention's constant factor, scales the spectrum (a scalar) instead of the weight.
+            scale = self.att_multi if local_logits is not None and self.ksm_local_act == "sigmoid" else 1.0
+            image = self._weight_image(real, imag, group_att, scale, workspace)
+            weight = self._modulated_weight(image, local_logits, *on_weight)
         if not torch.is_autocast_enabled(x.device.type):
             weight = weight.to(x.dtype)
-        if self.token_layout:
+        if method == "matmul":  # token layout
             return torch.bmm(x, weight.reshape(b, cout, cin).transpose(1, 2))
-        return self._per_sample_conv(x, weight)
+        if method == "im2col":
+            return self._per_sample_conv(x, weight, method, spatial_att, channel_att, filter_att)
+        return self._per_sample_conv(x, weight, method)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         if self.use_fdconv and prefix + "weight" in state_dict and prefix + "dft_weight" not in state_dict:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "FBM_MASK_GRID", "band_lowpass", "band_mask_factors", "band_masks", "frequency_group_map", "inverse_weight_spectrum",
-    "is_exporting", "radial_frequency",
+    "FBM_MASK_GRID", "band_lowpass", "band_mask_factors", "band_masks", "frequency_group_map", "into", "inverse_weight_planes",
+    "inverse_weight_spectrum", "is_exporting", "radial_frequency",
 ]
 
 FBM_MASK_GRID = (64, 64)  # official FBM precomputes its masks on this grid and resizes them
@@ -199,22 +200,54 @@ def band_lowpass(x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False) -
 def inverse_weight_spectrum(spectrum: torch.Tensor, cols: int) -> torch.Tensor:
     """``irfft2`` of a (..., rows, cols//2+1, 2) spectrum of (real, imag) pairs to (..., rows, cols).
 
+    Symmetrises the zero and Nyquist columns of ``spectrum`` in place (pass a tensor you own); see
+    ``inverse_weight_planes``.
+    """
+    return inverse_weight_planes(spectrum[..., 0], spectrum[..., 1], cols)
+
+
+def into(workspace: dict[str, torch.Tensor] | None, name: str, fn: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``fn(*args, **kwargs)``, written into ``workspace[name]`` (``out=``) when an earlier call left a buffer there.
+
+    Per-sample loops without autograd reuse their weight-sized buffers this way: glibc hands freed blocks of a
+    few MB back to the OS, and faulting fresh pages in again can cost as much as the arithmetic (2x at 512
+    channels).
+    """
+    if workspace is None:
+        return fn(*args, **kwargs)
+    buffer = workspace.get(name)
+    workspace[name] = out = fn(*args, **kwargs) if buffer is None else fn(*args, **kwargs, out=buffer)
+    return out
+
+
+def inverse_weight_planes(real: torch.Tensor, imag: torch.Tensor, cols: int, workspace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``irfft2`` of the (..., rows, cols//2+1) spectrum ``real + i imag`` to (..., rows, cols).
+
     The inverse real FFT reads only the Hermitian part of column 0 (and of the Nyquist column when ``cols`` is
-    even); those columns are symmetrised explicitly, in place (pass a tensor you own), so every FFT backend
+    even); those columns are symmetrised explicitly, in place (pass tensors you own), so every FFT backend
     computes the same weight whatever it does with non-Hermitian input.
     """
     if is_exporting():
         # torch.export / ONNX have no inverse real FFT: matrix products instead. They read only the real part of
         # the zero and Nyquist columns after the row transform, which the symmetrisation leaves unchanged.
-        return _irfft2_matmul(spectrum, cols)
-    rows = spectrum.shape[-3]
-    neg = (-torch.arange(rows, device=spectrum.device)) % rows
-    for c in (0, spectrum.shape[-2] - 1) if cols % 2 == 0 else (0,):
-        column, mirrored = spectrum[..., :, c, :], spectrum[..., neg, c, :]
-        spectrum[..., :, c, :] = torch.stack((column[..., 0] + mirrored[..., 0], column[..., 1] - mirrored[..., 1]), -1) * 0.5
-    # torch.complex, not view_as_complex: the latter needs a unit last stride, which neither a channels_last
-    # model's dft_weight nor inductor's buffers for this in-place symmetrisation have.
-    return torch.fft.irfft2(torch.complex(spectrum[..., 0], spectrum[..., 1]), s=(rows, cols))
+        return _irfft2_matmul(real, imag, cols)
+    rows, n2 = real.shape[-2:]
+    neg = (-torch.arange(rows, device=real.device)) % rows
+    edges = (0, n2 - 1) if cols % 2 == 0 and n2 > 1 else (0,)
+    hermitian = {c: ((real[..., :, c] + real[..., neg, c]) * 0.5, (imag[..., :, c] - imag[..., neg, c]) * 0.5) for c in edges}
+    if torch.is_grad_enabled() and (real.requires_grad or imag.requires_grad):
+        # Out of place: an in-place write would make backward clone and zero-fill both planes per column.
+        def assemble(plane: torch.Tensor, part: int) -> torch.Tensor:
+            pieces = [hermitian[0][part][..., None], plane[..., 1 : n2 - len(edges) + 1]]
+            return torch.cat(pieces + ([hermitian[n2 - 1][part][..., None]] if len(edges) == 2 else []), -1)
+
+        real, imag = assemble(real, 0), assemble(imag, 1)
+    else:
+        for c, (re, im) in hermitian.items():
+            real[..., :, c], imag[..., :, c] = re, im
+    # torch.complex, not view_as_complex: the latter needs interleaved pairs with a unit last stride, which
+    # neither a channels_last model's dft_weight nor inductor's buffers for this in-place symmetrisation have.
+    return into(workspace, "image", torch.fft.irfft2, into(workspace, "spectrum", torch.complex, real, imag), s=(rows, cols))
 
 
 # ------------------------------------------------------------------ inverse weight transform under export
@@ -280,26 +313,25 @@ def _complex_matmul(m_re: torch.Tensor, m_im: torch.Tensor, x_re: torch.Tensor, 
     return m_re @ x_re - m_im @ x_im, m_re @ x_im + m_im @ x_re
 
 
-def _irfft2_matmul(spectrum: torch.Tensor, cols: int) -> torch.Tensor:
-    """``torch.fft.irfft2(complex(spectrum[..., 0], spectrum[..., 1]), s=(rows, cols))`` for (..., rows,
-    cols//2+1, 2) real spectra, as matrix products with fixed DFT matrices (exportable; see the note above).
+def _irfft2_matmul(real: torch.Tensor, imag: torch.Tensor, cols: int) -> torch.Tensor:
+    """``torch.fft.irfft2(complex(real, imag), s=(rows, cols))`` for (..., rows, cols//2+1) spectra, as matrix
+    products with fixed DFT matrices (exportable; see the note above).
 
     Reads the zero and Nyquist columns as torch's CPU ``irfft2`` does: only their real parts after the
     inverse transform along the rows. Every contraction is a matmul over the last or second-to-last axis
     and every reordering swaps one axis pair: onnxruntime's general transpose is several times slower.
     """
-    rows, n2 = spectrum.shape[-3], spectrum.shape[-2]
-    if n2 != cols // 2 + 1 or spectrum.shape[-1] != 2:
-        raise ValueError(f"expected a (..., rows, {cols // 2 + 1}, 2) spectrum for {cols} columns, got {tuple(spectrum.shape)}")
-    dtype = spectrum.dtype
+    rows, n2 = real.shape[-2:]
+    if n2 != cols // 2 + 1 or imag.shape != real.shape:
+        raise ValueError(f"expected (..., rows, {cols // 2 + 1}) spectra for {cols} columns, got {tuple(real.shape)} and {tuple(imag.shape)}")
+    dtype = real.dtype
     np_dtype = {torch.float32: "float32", torch.float64: "float64"}.get(dtype, "float64")
     # Fresh tensors from numpy: under export they become constants (a cached tensor would be a fake one).
     row_mats, col_mats = ([torch.from_numpy(m.copy()) for m in mats] for mats in _irfft2_matrices(rows, cols, np_dtype))
-    if spectrum.device.type != "cpu" or row_mats[0].dtype != dtype:
-        row_mats, col_mats = ([m.to(device=spectrum.device, dtype=dtype) for m in mats] for mats in (row_mats, col_mats))
-    lead = spectrum.shape[:-3]
-    spectrum = spectrum.reshape(-1, rows, n2, 2)
-    re, im = spectrum[..., 0], spectrum[..., 1]  # (batch, rows, n2)
+    if real.device.type != "cpu" or row_mats[0].dtype != dtype:
+        row_mats, col_mats = ([m.to(device=real.device, dtype=dtype) for m in mats] for mats in (row_mats, col_mats))
+    lead = real.shape[:-2]
+    re, im = real.reshape(-1, rows, n2), imag.reshape(-1, rows, n2)
     row_split = _dft_split(rows)
     if row_split is None:
         re, im = _complex_matmul(*row_mats, re, im)
