@@ -668,23 +668,26 @@ class FDConv(nn.Module):
         return weight
 
     def _samples_per_weight_chunk(self, x: torch.Tensor) -> int | None:
-        """1 to build the per-sample weights one sample at a time, None for the whole batch at once.
+        """How many samples' weights to build at once (None: the whole batch).
 
         On the CPU, a batch of deep-layer weights is tens of MB of temporaries per step, which glibc maps fresh
         for every call (blocks over 32 MB always are), and faulting those pages in costs as much as the
-        arithmetic; one sample's buffers stay in cache and are reused (``into``). Measured at batch 8:
+        arithmetic; a few samples' buffers stay in cache and are reused (``into``). Measured at batch 8:
         inference 128/41 ms (512 channels) and 41/70 ms (256) per sample/whole batch; training (where autograd
         needs fresh buffers) 0.5/1.3 s (512) but 0.19/0.17 s (256), while peak memory of a ResNet-50 training
-        step drops from 1486 to 1323 MiB when 256-channel layers go per sample too. So: per sample for inference
-        from 2**17 weight elements per sample, for training once the batch's weights pass 8 MB. Whole batches
-        elsewhere (accelerators, compile, export), where one large call is faster.
+        step drops from 1486 to 1323 MiB when 256-channel layers go per sample too. So chunks of at most 2 MB of
+        weights for inference (from 0.5 MB per sample), and of 4 MB for training once the batch's weights pass
+        8 MB; never smaller than one sample, and no more chunks than needed (each costs a few dozen small ops,
+        which dominate on tiny feature maps). Whole batches elsewhere (accelerators, compile, export).
         """
         if is_exporting() or torch.compiler.is_compiling() or x.device.type != "cpu":
             return None  # the whole batch (a symbolic batch size must not be looped over)
-        numel = self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        per_sample = self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1] * 4  # bytes
         if torch.is_grad_enabled():
-            return 1 if x.shape[0] * numel * 4 > 2**23 else None
-        return 1 if numel >= 2**17 else None
+            chunk = None if x.shape[0] * per_sample <= 2**23 else max(1, 2**22 // per_sample)
+        else:
+            chunk = None if per_sample < 2**19 else max(1, 2**21 // per_sample)
+        return None if chunk is None or chunk >= x.shape[0] else chunk
 
     def _per_sample_conv_method(self, x: torch.Tensor) -> str:
         """"im2col" (unfolded input times the weight image, batched matmul) or "grouped" (one convolution with B
@@ -781,7 +784,8 @@ class FDConv(nn.Module):
         parts = [inputs]
         if chunk is not None:
             parts = [tuple(t if t is None or t is real or t is imag else t[i : i + chunk] for t in inputs) for i in range(0, b, chunk)]
-        workspace = {} if len(parts) > 1 and not torch.is_grad_enabled() else None  # buffers reused across chunks
+        # Buffers reused across chunks without autograd, one set per chunk size (the last chunk may be smaller).
+        workspaces: dict[int, dict[str, torch.Tensor]] | None = {} if len(parts) > 1 and not torch.is_grad_enabled() else None
         outputs = []
         for part in parts:
             if recompute:
@@ -789,6 +793,7 @@ class FDConv(nn.Module):
                 # (KSM_Global, with its BatchNorm statistics, stays outside and runs once).
                 outputs.append(checkpoint(self._dynamic_conv, *part, method, use_reentrant=False))
             else:
+                workspace = None if workspaces is None else workspaces.setdefault(part[0].shape[0], {})
                 outputs.append(self._dynamic_conv(*part, method, workspace))
         y = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         if filter_att is not None and not fold:
