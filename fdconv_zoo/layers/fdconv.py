@@ -582,22 +582,25 @@ class FDConv(nn.Module):
         ``image[b, o*k+u, i*k+v]`` is the static kernel entry ``[o, i, u, v]`` of sample b (official layout).
         Computed in float32 (float64 for float64 parameters); callers disable autocast: FFTs lack half precision.
         """
-        return self._weight_image(*self._spectrum_planes(), group_attention, scale)
+        return self._weight_image(*self._static_spectrum(), group_attention, scale)
 
-    def _spectrum_planes(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stored spectrum as real and imaginary planes (P, rows, n2) in the compute dtype, made once per forward
-        for all samples (so backward reassembles one gradient for the batch). Contiguous copies without autograd
-        (per-bin products on planes are 3x faster than on the interleaved pairs), views of the parameter with it
-        (autograd then keeps the parameter itself, not a weight-sized copy per layer)."""
+    def _static_spectrum(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What every sample's weight image shares, made once per forward: the stored spectrum as real and
+        imaginary planes (P, rows, n2) in the compute dtype, and the bins' group indices as int64 (``gather``
+        needs them). One pair of planes for all samples also means backward reassembles one gradient for the
+        batch. The planes are contiguous copies without autograd (per-bin products on planes are 3x faster than
+        on the interleaved pairs) and views of the parameter with it (autograd then keeps the parameter itself,
+        not a weight-sized copy per layer)."""
         spectrum = self.dft_weight.to(torch.promote_types(self.dft_weight.dtype, torch.float32))
         if not (torch.is_grad_enabled() and spectrum.requires_grad):
             spectrum = spectrum.movedim(-1, 0).contiguous().movedim(0, -1)
-        return spectrum[..., 0], spectrum[..., 1]
+        return spectrum[..., 0], spectrum[..., 1], self.frequency_group.long()
 
     def _weight_image(
         self,
         real: torch.Tensor,
         imag: torch.Tensor,
+        group_index: torch.Tensor,
         group_attention: torch.Tensor | None,
         scale: float,
         workspace: dict[str, torch.Tensor] | None = None,
@@ -610,12 +613,7 @@ class FDConv(nn.Module):
         # zero map. Along the last axis, gather is 6x faster than indexing with the group map.
         ka = group_attention.to(real.dtype).view(-1, self.param_ratio, 1, self.kernel_num) * (self.alpha * scale)
         b, rows = ka.shape[0], real.shape[-2]
-        index = workspace.get("group_index") if workspace is not None else None
-        if index is None:
-            index = self.frequency_group.long()
-            if workspace is not None:
-                workspace["group_index"] = index
-        index = index.expand(b, self.param_ratio, *index.shape)
+        index = group_index.expand(b, self.param_ratio, *group_index.shape)
         per_bin = into(workspace, "per_bin", torch.gather, ka.expand(b, self.param_ratio, rows, self.kernel_num), 3, index)  # (B, P, rows, n2)
         if self.param_ratio == 1:
             real, imag = (into(workspace, name, torch.mul, plane[0], per_bin[:, 0]) for name, plane in (("real", real), ("imag", imag)))
@@ -646,11 +644,8 @@ class FDConv(nn.Module):
         """
         b, cout, cin, k = image.shape[0], self.out_channels, self.in_channels, self.kernel_size[0]
         dtype = image.dtype
-        columns = None  # a factor over (u, i, v): (B, 1, k or 1, Cin or 1, k or 1)
-        for att, shape in ((spatial_att, (b, 1, k, 1, k)), (channel_att, (b, 1, 1, cin, 1))):
-            if att is not None:
-                att = att.to(dtype).view(shape)
-                columns = att if columns is None else columns * att
+        taps = self._tap_factor(spatial_att, channel_att, b, dtype)
+        columns = None if taps is None else taps[:, None]  # (B, 1, k or 1, Cin or 1, k or 1)
         rows = None if filter_att is None else filter_att.to(dtype).view(b, cout, 1, 1, 1)
         tensors = (image, local_logits, spatial_att, channel_att, filter_att)
         in_place = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
@@ -666,6 +661,18 @@ class FDConv(nn.Module):
             if factor is not None:
                 weight = weight.mul_(factor) if in_place else weight * factor
         return weight
+
+    def _tap_factor(
+        self, spatial_att: torch.Tensor | None, channel_att: torch.Tensor | None, b: int, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """The spatial and channel attentions merged into one factor over the kernel taps in the weight image's
+        (u, i, v) order: (B, k or 1, Cin or 1, k or 1), or None without either."""
+        k, factor = self.kernel_size[0], None
+        for att, shape in ((spatial_att, (b, k, 1, k)), (channel_att, (b, 1, self.in_channels, 1))):
+            if att is not None:
+                att = att.to(dtype).view(shape)
+                factor = att if factor is None else factor * att
+        return factor
 
     def _samples_per_weight_chunk(self, x: torch.Tensor) -> int | None:
         """How many samples' weights to build at once (None: the whole batch).
@@ -717,7 +724,7 @@ class FDConv(nn.Module):
         self,
         x: torch.Tensor,
         weight: torch.Tensor,
-        method: str | None = None,
+        method: str,
         spatial_att: torch.Tensor | None = None,
         channel_att: torch.Tensor | None = None,
         filter_att: torch.Tensor | None = None,
@@ -725,7 +732,6 @@ class FDConv(nn.Module):
         """Convolve sample i of ``x`` (B, Cin, H, W) with ``weight[i]``, given in the weight-image layout
         (B, Cout, k, Cin, k); two formulations of the same sums (``_per_sample_conv_method``). im2col can also
         scale the kernel by separable attentions, applied to the unfolded input and the output."""
-        method = method or self._per_sample_conv_method(x)
         b, cout, cin, k = x.shape[0], self.out_channels, self.in_channels, self.kernel_size[0]
         if method == "im2col":
             h_out, w_out = self._output_size(x.shape[-2:])
@@ -735,9 +741,9 @@ class FDConv(nn.Module):
                 x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=mode), (0, 0)
             columns = F.unfold(x, self.kernel_size, self.dilation, padding, self.stride)  # (B, Cin*k*k, L), (i, u, v) order
             columns = columns.view(b, cin, k, k, -1).transpose(1, 2).contiguous()  # (B, k, Cin, k, L): the image's (u, i, v)
-            for att, shape in ((spatial_att, (b, k, 1, k, 1)), (channel_att, (b, 1, cin, 1, 1))):
-                if att is not None:
-                    columns = columns * att.to(columns.dtype).view(shape)
+            taps = self._tap_factor(spatial_att, channel_att, b, columns.dtype)
+            if taps is not None:
+                columns = columns * taps[..., None]
             y = torch.bmm(weight.reshape(b, cout, -1), columns.view(b, k * cin * k, -1))
             if filter_att is not None:
                 y = y * filter_att.to(y.dtype).view(b, cout, 1)
@@ -773,9 +779,9 @@ class FDConv(nn.Module):
         if channel_att is not None and not fold:
             x = x * (channel_att.view(b, 1, cin) if self.token_layout else channel_att.view(b, cin, 1, 1)).to(x.dtype)
         with _float32_region(x.device.type):
-            real, imag = self._spectrum_planes()  # once for the whole batch
+            static = self._static_spectrum()  # once for the whole batch
         method = "matmul" if self.token_layout else self._per_sample_conv_method(x)
-        inputs = (x, pooled, real, imag, spatial_att, group_att, channel_att if fold else None, filter_att if fold else None)
+        inputs = (x, pooled, spatial_att, group_att, channel_att if fold else None, filter_att if fold else None)
         recompute = self.recompute_weight
         if recompute is None:  # per sample: weight Cout*Cin*k*k against input Cin*positions
             recompute = self.out_channels * self.kernel_size[0] * self.kernel_size[1] > positions
@@ -783,7 +789,7 @@ class FDConv(nn.Module):
         chunk = self._samples_per_weight_chunk(x)
         parts = [inputs]
         if chunk is not None:
-            parts = [tuple(t if t is None or t is real or t is imag else t[i : i + chunk] for t in inputs) for i in range(0, b, chunk)]
+            parts = [tuple(None if t is None else t[i : i + chunk] for t in inputs) for i in range(0, b, chunk)]
         # Buffers reused across chunks without autograd, one set per chunk size (the last chunk may be smaller).
         workspaces: dict[int, dict[str, torch.Tensor]] | None = {} if len(parts) > 1 and not torch.is_grad_enabled() else None
         outputs = []
@@ -791,10 +797,10 @@ class FDConv(nn.Module):
             if recompute:
                 # Keep none of the per-sample weights for backward, recompute them there, a chunk at a time
                 # (KSM_Global, with its BatchNorm statistics, stays outside and runs once).
-                outputs.append(checkpoint(self._dynamic_conv, *part, method, use_reentrant=False))
+                outputs.append(checkpoint(self._dynamic_conv, *part, *static, method, use_reentrant=False))
             else:
                 workspace = None if workspaces is None else workspaces.setdefault(part[0].shape[0], {})
-                outputs.append(self._dynamic_conv(*part, method, workspace))
+                outputs.append(self._dynamic_conv(*part, *static, method, workspace))
         y = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         if filter_att is not None and not fold:
             y = y * (filter_att.view(b, 1, cout) if self.token_layout else filter_att.view(b, cout, 1, 1)).to(y.dtype)
@@ -806,12 +812,13 @@ class FDConv(nn.Module):
         self,
         x: torch.Tensor,
         pooled: torch.Tensor,
-        real: torch.Tensor,
-        imag: torch.Tensor,
         spatial_att: torch.Tensor | None,
         group_att: torch.Tensor | None,
         channel_att: torch.Tensor | None,
         filter_att: torch.Tensor | None,
+        real: torch.Tensor,
+        imag: torch.Tensor,
+        group_index: torch.Tensor,
         method: str,
         workspace: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
@@ -821,20 +828,19 @@ class FDConv(nn.Module):
         and the output instead of the weight: the same products on tensors 10x smaller in deep layers.
         """
         b, cin, cout = x.shape[0], self.in_channels, self.out_channels
-        on_weight = (spatial_att, channel_att, filter_att) if method != "im2col" else (None, None, None)
+        attentions, none = (spatial_att, channel_att, filter_att), (None, None, None)
+        on_weight, on_features = (none, attentions) if method == "im2col" else (attentions, none)
         with _float32_region(x.device.type):
             local_logits = self.KSM_Local(pooled, workspace) if hasattr(self, "KSM_Local") else None
             # att_multi, the local attention's constant factor, scales the spectrum (a scalar) instead of the weight.
             scale = self.att_multi if local_logits is not None and self.ksm_local_act == "sigmoid" else 1.0
-            image = self._weight_image(real, imag, group_att, scale, workspace)
+            image = self._weight_image(real, imag, group_index, group_att, scale, workspace)
             weight = self._modulated_weight(image, local_logits, *on_weight)
         if not torch.is_autocast_enabled(x.device.type):
             weight = weight.to(x.dtype)
         if method == "matmul":  # token layout
             return torch.bmm(x, weight.reshape(b, cout, cin).transpose(1, 2))
-        if method == "im2col":
-            return self._per_sample_conv(x, weight, method, spatial_att, channel_att, filter_att)
-        return self._per_sample_conv(x, weight, method)
+        return self._per_sample_conv(x, weight, method, *on_features)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         if self.use_fdconv and prefix + "weight" in state_dict and prefix + "dft_weight" not in state_dict:
