@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from .conversion import spectrum_to_conv_weight
 from .layers.fdconv import FDConv
-from .layers.frequency import band_lowpass, inverse_weight_spectrum
+from .layers import band_lowpass, inverse_weight_spectrum
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure

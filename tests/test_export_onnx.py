@@ -19,7 +19,7 @@ import fdconv_zoo  # noqa: E402,F401  (registers the FDConv models)
 from fdconv_testing import perturb_attention, relative_error  # noqa: E402
 from fdconv_zoo.cli import main  # noqa: E402
 from fdconv_zoo.export import load_state_dict_file, load_timm_model  # noqa: E402
-from fdconv_zoo.layers.frequency import _dft_split, _irfft2_matmul, inverse_weight_spectrum  # noqa: E402
+from fdconv_zoo.layers.inverse_fft import _dft_split, inverse_weight_spectrum, irfft2_matmul  # noqa: E402
 
 TINY_ARGS = ["--model-arg", "layers=[1,1,1,1]", "--model-arg", "channels=[32,64,96,128]", "--model-arg", "num_classes=10"]
 
@@ -31,8 +31,8 @@ def test_irfft2_matmul_matches_torch_fft(rows: int, cols: int) -> None:
     gen = torch.Generator().manual_seed(rows * 1000 + cols)
     spectrum = torch.randn(2, 3, rows, cols // 2 + 1, 2, generator=gen, dtype=torch.float64)
     expected = torch.fft.irfft2(torch.view_as_complex(spectrum), s=(rows, cols))
-    assert relative_error(_irfft2_matmul(spectrum[..., 0], spectrum[..., 1], cols), expected) < 1e-13
-    assert relative_error(_irfft2_matmul(spectrum[..., 0].float(), spectrum[..., 1].float(), cols), expected) < 2e-6
+    assert relative_error(irfft2_matmul(spectrum[..., 0], spectrum[..., 1], cols), expected) < 1e-13
+    assert relative_error(irfft2_matmul(spectrum[..., 0].float(), spectrum[..., 1].float(), cols), expected) < 2e-6
 
 
 def test_irfft2_matmul_splits_large_axes() -> None:
@@ -58,16 +58,17 @@ def test_inverse_weight_spectrum_exports_without_fft() -> None:
 def test_fdconv_export_branches_match_eager(monkeypatch, shape) -> None:
     """Every export-only formulation of a whole layer at once (float64, active attentions), without the exporter."""
     from fdconv_zoo import FDConv
-    from fdconv_zoo.layers import fdconv as fdconv_module
-    from fdconv_zoo.layers import frequency as frequency_module
+    from fdconv_zoo.layers import plan_execution
 
-    layer = perturb_attention(torch.nn.Sequential(FDConv(**shape, kernel_num=8))).double().eval()
+    layer = perturb_attention(FDConv(**shape, kernel_num=8)).double().eval()
     x = torch.randn(3, shape["in_channels"], 10, 9, dtype=torch.float64)
     with torch.no_grad():
         expected = layer(x)
-        monkeypatch.setattr(fdconv_module, "is_exporting", lambda: True)
-        monkeypatch.setattr(frequency_module, "is_exporting", lambda: True)
-        assert relative_error(layer(x), expected) < 1e-12
+        monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+        plan = plan_execution(layer, x)  # what the exporters get: im2col, whole batch, matrix inverse FFT
+        monkeypatch.undo()
+        assert plan.exporting and plan.method.value == "im2col" and plan.samples_per_chunk is None
+        assert relative_error(layer(x, plan), expected) < 1e-12
 
 
 def test_export_onnx_cli_tiny_resnet(tmp_path, caplog) -> None:

@@ -1,6 +1,7 @@
 """Layer behaviour beyond the golden vectors: token layout, gradients, serialisation, modes, dtypes, bad input."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from fdconv_zoo import FDConv
+from fdconv_zoo.layers import plan_execution
 from fdconv_testing import perturb_attention, relative_error
 
 
@@ -33,16 +35,16 @@ def test_token_layout_equals_nchw_1x1(cin, cout, hw):
 
 
 @pytest.mark.parametrize("token_layout", [False, True])
-def test_feature_and_weight_branches_agree(monkeypatch, token_layout):
-    """The official layer picks a branch by input size; both compute the same function (spec §5.7)."""
+def test_feature_and_weight_branches_agree(token_layout):
+    """The official layer picks a branch by input size; both compute the same function."""
     k = 1 if token_layout else 3
     layer = dynamic_layer(64, 48, k, padding=k // 2, kernel_num=8, token_layout=token_layout).eval()
     x = torch.randn(2, 7, 9, 64) if token_layout else torch.randn(2, 64, 7, 9)
     outputs = []
     for fold in (True, False):
-        monkeypatch.setattr(FDConv, "_fold_attention_into_weight", lambda self, positions, fold=fold: fold)
         with torch.no_grad():
-            outputs.append(layer(x))
+            plan = dataclasses.replace(plan_execution(layer, x), fold_attention=fold)
+            outputs.append(layer(x, plan))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
 
 
@@ -229,7 +231,7 @@ def test_torch_compile_matches_eager():
 
 def test_default_device_context_does_not_leak_into_the_grouping():
     """transformers builds models under torch.device('meta'); the grouping is always computed on the CPU."""
-    from fdconv_zoo.layers.frequency import _frequency_group_map_cpu
+    from fdconv_zoo.layers.frequency_groups import _frequency_group_map_cpu
 
     _frequency_group_map_cpu.cache_clear()
     with torch.device("meta"):

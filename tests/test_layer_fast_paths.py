@@ -9,6 +9,7 @@ strides, dilations and padding modes; the golden vectors check the whole layer a
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -16,10 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import fdconv_zoo.layers.fdconv as fdconv_module
 from fdconv_testing import perturb_attention, relative_error
 from fdconv_zoo import FDConv
-from fdconv_zoo.layers.frequency import band_lowpass, band_masks
+from fdconv_zoo.layers import ConvMethod, band_lowpass, band_masks, plan_execution
+from fdconv_zoo.layers.per_sample_conv import per_sample_conv
 
 
 def official_band_masks(h: int, w: int, cutoffs, exact: bool) -> torch.Tensor:
@@ -101,7 +102,7 @@ def test_per_sample_convolution_formulations_agree(case, batch):
     expected = torch.cat([nn.Conv2d.forward(_plain_conv(layer, weight[i]), x[i : i + 1]) for i in range(batch)])
     image = weight.permute(0, 1, 3, 2, 4)  # the layout the formulations take: (B, Cout, k, Cin, k)
     for name in ("grouped", "im2col"):
-        y = layer._per_sample_conv(x, image, name)
+        y = per_sample_conv(x, image, layer, ConvMethod(name))
         assert y.shape == expected.shape, name
         assert (y - expected).abs().max() < 1e-12, name
 
@@ -197,20 +198,32 @@ def test_recomputing_the_weight_in_backward_gives_the_same_gradients(kernel_size
 
 @pytest.mark.parametrize("chunk", [1, 2])  # batch 3: even and uneven chunks
 @pytest.mark.parametrize("recompute", [False, True])
-def test_weights_built_in_chunks_give_the_same_gradients(monkeypatch, recompute, chunk):
+def test_weights_built_in_chunks_give_the_same_gradients(recompute, chunk):
     torch.manual_seed(0)
     layer = perturb_attention(FDConv(32, 48, 3, padding=1, kernel_num=8, recompute_weight=recompute)).double().train()
     x = torch.randn(3, 32, 6, 5, dtype=torch.float64)
     grad_x, grads = _train_step(layer, x)
     expected = layer(x)
-    monkeypatch.setattr(FDConv, "_samples_per_weight_chunk", lambda self, x: chunk)
+    chunked = _ChunkedLayer(layer, chunk)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. torch resizing a reused buffer for the smaller last chunk
-        assert torch.allclose(layer(x), expected, rtol=1e-12, atol=1e-14)  # in place, buffers reused across chunks
-    grad_x_chunked, grads_chunked = _train_step(layer, x)
+        assert torch.allclose(chunked(x), expected, rtol=1e-12, atol=1e-14)  # in place, buffers reused across chunks
+    grad_x_chunked, grads_chunked = _train_step(chunked, x)
     assert torch.allclose(grad_x_chunked, grad_x, rtol=1e-12, atol=1e-14)
     for name in grads:
-        assert torch.allclose(grads_chunked[name], grads[name], rtol=1e-12, atol=1e-14), name
+        assert torch.allclose(grads_chunked["layer." + name], grads[name], rtol=1e-12, atol=1e-14), name
+
+
+class _ChunkedLayer(nn.Module):
+    """``layer`` with its weights built ``chunk`` samples at a time, the rest of the plan as it would be."""
+
+    def __init__(self, layer: FDConv, chunk: int) -> None:
+        super().__init__()
+        self.layer, self.chunk = layer, chunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = dataclasses.replace(plan_execution(self.layer, x), samples_per_chunk=self.chunk)
+        return self.layer(x, plan)
 
 
 def _saved_for_backward(layer: FDConv, x: torch.Tensor) -> int:
@@ -276,24 +289,31 @@ def test_default_recomputes_only_where_weights_outsize_the_input():
 def test_per_sample_convolution_method_by_layer_and_context(monkeypatch):
     """im2col where the weight outsizes the output map (Cout >= H'W'), the grouped convolution elsewhere."""
     layer = FDConv(256, 256, 3, padding=1, stride=2)
-    assert layer._per_sample_conv_method(torch.randn(1, 1, 32, 32)) == "im2col"  # 16x16 = 256 outputs
-    assert layer._per_sample_conv_method(torch.randn(1, 1, 34, 34)) == "grouped"  # 17x17
+
+    def method(size: int) -> str:
+        return plan_execution(layer, torch.randn(1, 256, size, size)).method.value
+
+    assert method(32) == "im2col"  # 16x16 = 256 outputs
+    assert method(34) == "grouped"  # 17x17
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert layer._per_sample_conv_method(torch.randn(1, 1, 7, 7)) == "grouped"
-    monkeypatch.setattr(fdconv_module, "is_exporting", lambda: True)
-    assert layer._per_sample_conv_method(torch.randn(1, 1, 64, 64)) == "im2col"
+    assert method(7) == "grouped"
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    assert method(64) == "im2col"
 
 
 def test_weights_of_deep_cpu_layers_are_built_a_few_samples_at_a_time(monkeypatch):
     """Inference: chunks of <= 2 MB of weights from 0.5 MB per sample; training: chunks of <= 4 MB once the
     batch's weights pass 8 MB; at least one sample per chunk."""
     small, c128, c256, c512 = (FDConv(c, c, 3, padding=1) for c in (64, 128, 256, 512))  # 0.15, 0.6, 2.4, 9.4 MB per sample
-    x = torch.randn(32, 1, 1, 1)
+
+    def chunk(layer: FDConv, batch: int) -> int | None:
+        return plan_execution(layer, torch.randn(batch, layer.in_channels, 1, 1)).samples_per_chunk
+
     with torch.no_grad():
-        assert [m._samples_per_weight_chunk(x) for m in (small, c128, c256, c512)] == [None, 3, 1, 1]
-    assert [m._samples_per_weight_chunk(x[:8]) for m in (small, c128, c256, c512)] == [None, None, 1, 1]
-    assert [m._samples_per_weight_chunk(x) for m in (small, c128)] == [None, 7]
-    assert c256._samples_per_weight_chunk(x[:3]) is None  # 7.1 MB in all
+        assert [chunk(m, 32) for m in (small, c128, c256, c512)] == [None, 3, 1, 1]
+    assert [chunk(m, 8) for m in (small, c128, c256, c512)] == [None, None, 1, 1]
+    assert [chunk(m, 32) for m in (small, c128)] == [None, 7]
+    assert chunk(c256, 3) is None  # 7.1 MB in all
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     with torch.no_grad():
-        assert c512._samples_per_weight_chunk(x) is None
+        assert chunk(c512, 32) is None

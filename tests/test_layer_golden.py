@@ -118,7 +118,7 @@ def test_single_rounding_of_the_squared_distance():
 
     import numpy as np
 
-    from fdconv_zoo.layers.frequency import _round_sum_to_float32
+    from fdconv_zoo.layers.frequency_groups import _round_sum_to_float32
 
     gen = torch.Generator().manual_seed(0)
     fh = torch.rand(4000, generator=gen).float().double() * 0.5

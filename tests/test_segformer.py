@@ -30,7 +30,7 @@ from transformers import (
 
 from fdconv_testing import perturb_attention, relative_error
 from fdconv_zoo import FDConv, spectrum_to_conv_weight
-from fdconv_zoo.layers.frequency import frequency_group_map
+from fdconv_zoo.layers import frequency_group_map
 from fdconv_zoo.transformers_models.segformer import (
     FDConvSegformerConfig,
     FDConvSegformerForImageClassification,

@@ -38,7 +38,7 @@ from transformers import (
 
 from fdconv_testing import perturb_attention, relative_error
 from fdconv_zoo import FDConv
-from fdconv_zoo.layers.frequency import frequency_group_map
+from fdconv_zoo.layers import frequency_group_map
 from fdconv_zoo.transformers_models.convnext import (
     FDConvConvNextBackbone,
     FDConvConvNextConfig,

@@ -1,22 +1,33 @@
-"""The FDConv layer and its building blocks."""
+"""The FDConv layer and its parts: Fourier Disjoint Weight (``fourier_weight``), Kernel Spatial Modulation
+(``kernel_modulation``), Frequency Band Modulation (``band_modulation``), and how a forward runs
+(``execution``, ``per_sample_conv``). Nothing here imports from the rest of the package."""
 
-from .fdconv import (
-    DEFAULT_FBM_CFG,
-    FDConv,
-    FrequencyBandModulation,
-    KernelSpatialModulationGlobal,
-    KernelSpatialModulationLocal,
-    StarReLU,
-)
-from .frequency import band_masks, frequency_group_map
+from .band_modulation import FrequencyBandModulation, band_lowpass, band_masks
+from .bounded_attention import bounded_attention
+from .execution import ConvMethod, ExecutionPlan, plan_execution
+from .fdconv import FDConv
+from .fdconv_args import DEFAULT_FBM_CFG
+from .fourier_weight import conv_weight_to_spectrum, spectrum_to_conv_weight
+from .frequency_groups import frequency_group_map
+from .inverse_fft import inverse_weight_spectrum
+from .kernel_modulation import KernelAttentions, KernelSpatialModulationGlobal, KernelSpatialModulationLocal, StarReLU
 
 __all__ = [
     "DEFAULT_FBM_CFG",
+    "ConvMethod",
+    "ExecutionPlan",
     "FDConv",
     "FrequencyBandModulation",
+    "KernelAttentions",
     "KernelSpatialModulationGlobal",
     "KernelSpatialModulationLocal",
     "StarReLU",
+    "band_lowpass",
     "band_masks",
+    "bounded_attention",
+    "conv_weight_to_spectrum",
     "frequency_group_map",
+    "inverse_weight_spectrum",
+    "plan_execution",
+    "spectrum_to_conv_weight",
 ]

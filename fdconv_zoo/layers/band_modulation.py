@@ -1,0 +1,219 @@
+"""Frequency Band Modulation (FBM): the input split into frequency bands, each re-weighted by a spatial map.
+
+The official masks are Chebyshev low-pass boxes made on a 64x64 grid and nearest-resized to the input size. They
+are separable and keep few frequencies, so every band is computed as a product of partial DFTs (plain
+``matmul``: it differentiates, compiles and exports to ONNX).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .bounded_attention import bounded_attention
+from .execution import float32_region
+
+__all__ = ["FBM_MASK_GRID", "FrequencyBandModulation", "band_lowpass", "band_mask_factors", "band_masks"]
+
+FBM_MASK_GRID = (64, 64)  # official FBM precomputes its masks on this grid and resizes them
+
+
+def _float32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (ties to even), in pure Python: shape-only helpers must not create
+    tensors, so that they run unchanged under ``torch.compile`` and ``torch.export`` (as constants)."""
+    if x == 0.0:
+        return 0.0
+    mantissa, exponent = math.frexp(x)
+    return math.ldexp(round(mantissa * (1 << 24)), exponent - 24)
+
+
+def _fftfreq32(n: int, onesided: bool) -> list[float]:
+    """``torch.fft.fftfreq(n)`` (or ``rfftfreq``) in float32: the integer ramp times ``float32(1 / n)``."""
+    step = _float32(1.0 / n)
+    ramp = range(n // 2 + 1) if onesided else (i if i < (n + 1) // 2 else i - n for i in range(n))
+    return [_float32(i * step) for i in ramp]
+
+
+def _nearest_source_index(out_size: int, in_size: int) -> list[int]:
+    """Source index of each output of ``F.interpolate(mode='nearest')`` along one axis (ATen's float32 rule)."""
+    if out_size == in_size:
+        return list(range(out_size))
+    if out_size == 2 * in_size:
+        return [i >> 1 for i in range(out_size)]
+    scale = _float32(in_size / out_size)
+    return [min(math.floor(_float32(i * scale)), in_size - 1) for i in range(out_size)]
+
+
+def band_mask_factors(height: int, width: int, cutoffs: Sequence[int], exact: bool = False) -> list[tuple[list[bool], list[bool]]]:
+    """Row (``height``) and column (``width//2+1``) factors of each FBM low-pass mask: ``mask = rows x cols``.
+
+    The official mask keeps the ``rfft2`` bins whose Chebyshev frequency ``max(|fh|, |fw|)`` is below
+    ``0.5 / k + 1e-8`` (compared in float32: ``0.25 + 1e-8`` rounds to 0.25, smaller cut-offs keep the
+    epsilon), which is the product of one test per axis. It is made on the official 64x64 grid and
+    nearest-resized to the input size (separable too), so its checkpoints behave as trained; ``exact=True``
+    tests the true frequencies of the input size instead, which moves band edges by up to one bin at sizes
+    other than 64x64 and keeps the masks symmetric in +-f.
+    """
+    if exact:
+        fh, fw = _fftfreq32(height, onesided=False), _fftfreq32(width, onesided=True)
+    else:
+        grid_h, grid_w = _fftfreq32(FBM_MASK_GRID[0], onesided=False), _fftfreq32(FBM_MASK_GRID[1], onesided=True)
+        fh = [grid_h[i] for i in _nearest_source_index(height, len(grid_h))]
+        fw = [grid_w[i] for i in _nearest_source_index(width // 2 + 1, len(grid_w))]
+    factors = []
+    for k in cutoffs:
+        threshold = _float32(0.5 / k + 1e-8)
+        factors.append(([abs(f) < threshold for f in fh], [abs(f) < threshold for f in fw]))
+    return factors
+
+
+def band_masks(height: int, width: int, cutoffs: Sequence[int], exact: bool = False, device: torch.device | None = None) -> torch.Tensor:
+    """The FBM low-pass masks as float tensors (len(cutoffs), height, width//2+1); see ``band_mask_factors``."""
+    factors = band_mask_factors(height, width, cutoffs, exact)
+    rows = torch.tensor([r for r, _ in factors], dtype=torch.float32, device=device)
+    cols = torch.tensor([c for _, c in factors], dtype=torch.float32, device=device)
+    return rows[:, :, None] * cols[:, None, :]
+
+
+def _dft_basis(n: int, frequencies: list[int], dtype: torch.dtype, device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of ``2 pi t f / n`` for t < n and the given frequencies, (n, len(frequencies)) each.
+
+    The phase ``t f mod n`` is exact in integers, so the basis is accurate for any size; built in float64.
+    """
+    t = torch.arange(n, dtype=torch.int64, device=device)
+    f = torch.tensor(frequencies, dtype=torch.int64, device=device)
+    phase = (t[:, None] * f[None, :]).remainder(n).to(torch.float64) * (2 * math.pi / n)
+    return phase.cos().to(dtype), phase.sin().to(dtype)
+
+
+def _nested_order(keeps: list[list[bool]]) -> tuple[list[int], list[int]]:
+    """Indices kept by any band, most-kept first, and the number each band keeps (a prefix of that order)."""
+    counts = [sum(column) for column in zip(*keeps)]
+    order = sorted((i for i, n in enumerate(counts) if n), key=lambda i: -counts[i])
+    return order, [sum(keep) for keep in keeps]
+
+
+def band_lowpass(x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False) -> list[torch.Tensor]:
+    """``irfft2(rfft2(x) * mask_k)`` over the last two axes of ``x`` for every cut-off, as matrix products.
+
+    The masks are separable boxes that keep few frequencies (a quarter of the bins at most), so each band is a
+    product of partial DFTs: analysis onto the kept frequencies of all bands (once), then a synthesis per
+    band from its subset. This costs O(H + W) multiply-adds per element in a few GEMMs, several times less
+    than four 2-D FFTs on the CPU at the feature sizes FBM runs on, and is plain ``matmul``: it differentiates,
+    compiles and exports to ONNX. It reproduces torch's ``irfft2`` exactly in exact arithmetic, including its
+    reading of only the real part of the zero and Nyquist columns when a resized mask is not symmetric.
+    """
+    h, w = x.shape[-2:]
+    factors = band_mask_factors(h, w, cutoffs, exact)
+    # Each band keeps the bins below its threshold on the same per-axis frequencies, so the kept sets are
+    # nested: ordered by how many bands keep them, every band's frequencies are a prefix (a slice, no gather).
+    rows, n_rows = _nested_order([r for r, _ in factors])
+    cols, n_cols = _nested_order([c for _, c in factors])
+    if not rows or not cols:  # every band empty (only for cut-offs below the grid resolution)
+        return [torch.zeros_like(x) for _ in factors]
+    cos_h, sin_h = _dft_basis(h, rows, x.dtype, x.device)
+    cos_w, sin_w = _dft_basis(w, cols, x.dtype, x.device)
+    # Real-signal synthesis weights along W: the zero and Nyquist columns count once, the others twice.
+    weight_w = torch.tensor([1.0 if j == 0 or 2 * j == w else 2.0 for j in cols], dtype=x.dtype, device=x.device) / w
+    analysed = torch.matmul(torch.cat([cos_h, sin_h], 1).T, torch.matmul(x, torch.cat([cos_w, sin_w], 1)))
+    r, c = len(rows), len(cols)
+    # Real and imaginary parts of the (H-complex) spectrum on the kept bins: (..., r, c) each.
+    real = analysed[..., :r, :c] - analysed[..., r:, c:]
+    imag = analysed[..., :r, c:] + analysed[..., r:, :c]
+    lows = []
+    for rk, ck in zip(n_rows, n_cols):
+        if rk == 0 or ck == 0:
+            lows.append(torch.zeros_like(x))
+            continue
+        re, im = real[..., :rk, :ck], imag[..., :rk, :ck]
+        block = torch.cat([torch.cat([re, im], -1), torch.cat([im, -re], -1)], -2)  # (..., 2rk, 2ck)
+        synth_h = torch.cat([cos_h[:, :rk], sin_h[:, :rk]], 1) / h  # (H, 2rk)
+        wk = weight_w[:ck]
+        synth_w = torch.cat([cos_w[:, :ck] * wk, sin_w[:, :ck] * wk], 1).T  # (2ck, W)
+        lows.append(torch.matmul(synth_h, torch.matmul(block, synth_w)))
+    return lows
+
+
+
+class FrequencyBandModulation(nn.Module):
+    """Splits the input into frequency bands and re-weights each band with a spatial attention map.
+
+    With all attentions equal to 1 the bands telescope back to the input, so zero-initialised
+    attention convolutions make the module an identity.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        k_list: Sequence[int] = (2, 4, 8),
+        lowfreq_att: bool = False,
+        act: str = "sigmoid",
+        spatial_group: int = 1,
+        spatial_kernel: int = 3,
+        init: str = "zero",
+        exact_masks: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if act not in ("sigmoid", "tanh", "softmax"):
+            raise ValueError(f"fbm_cfg act must be 'sigmoid', 'tanh' or 'softmax', got {act!r}")
+        if spatial_group > 64:
+            spatial_group = in_channels  # official rule
+        if in_channels % spatial_group:
+            raise ValueError(f"fbm_cfg spatial_group={spatial_group} must divide in_channels={in_channels}")
+        self.k_list = [int(k) for k in k_list]
+        self.lowfreq_att = lowfreq_att
+        self.act = act
+        self.spatial_group = spatial_group
+        self.init = init
+        self.exact_masks = exact_masks
+        n_att = len(self.k_list) + int(lowfreq_att)
+        self.freq_weight_conv_list = nn.ModuleList(
+            nn.Conv2d(
+                in_channels, spatial_group, spatial_kernel, padding=spatial_kernel // 2, groups=spatial_group,
+                bias=True, device=device, dtype=dtype,
+            )
+            for _ in range(n_att)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for conv in self.freq_weight_conv_list:
+            if self.init == "zero":  # official: N(0, 1e-6^2); exactly zero makes the module an exact identity
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
+            else:
+                conv.reset_parameters()
+
+    def _attention_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """All band attentions from one grouped conv: (B, n_att, G, H, W)."""
+        convs = self.freq_weight_conv_list
+        n, g = len(convs), self.spatial_group
+        weight = torch.stack([c.weight for c in convs], 1)  # (G, n, Cin/G, s, s): group-major for groups=G
+        bias = torch.stack([c.bias for c in convs], 1)
+        logits = F.conv2d(x, weight.flatten(0, 1), bias.flatten(), padding=convs[0].padding, groups=g)
+        return bounded_attention(logits.unflatten(1, (g, n)).transpose(1, 2), self.act, dim=2)
+
+    def forward(self, x: torch.Tensor, *, in_place: bool = False, exporting: bool = False) -> torch.Tensor:
+        """Modulated ``x`` (B, C, H, W). ``in_place`` (only without autograd) accumulates the bands into one buffer."""
+        b, c, h, w = x.shape
+        g, n = self.spatial_group, len(self.k_list)
+        compute_dtype = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(compute_dtype)
+        with float32_region(x.device.type, exporting):  # the band split stays in float32 under autocast
+            lows = band_lowpass(xf, self.k_list, self.exact_masks)  # n tensors (B, C, H, W)
+        att = self._attention_maps(x).to(compute_dtype)  # (B, n_att, G, H, W)
+        # sum_j a_j (low_{j-1} - low_j) + a_n low_{n-1}, with low_{-1} = x and a_n = 1 (or the low-band
+        # attention), telescoped into a_0 x + sum_j (a_{j+1} - a_j) low_j: no high-band tensors.
+        last = att[:, n:] if self.lowfreq_att else torch.ones_like(att[:, :1])
+        coefficients = torch.cat([att[:, 1:n], last], 1) - att[:, :n]  # (B, n, G, H, W)
+        out = att[:, 0, :, None] * xf.unflatten(1, (g, c // g))
+        for j in range(n):  # a few bands, accumulated without a fresh feature-sized tensor per band where allowed
+            low = lows[j].unflatten(1, (g, c // g))
+            out = out.addcmul_(coefficients[:, j, :, None], low) if in_place else out.addcmul(coefficients[:, j, :, None], low)
+        return out.flatten(1, 2).to(x.dtype)

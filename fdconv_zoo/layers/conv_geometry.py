@@ -1,0 +1,59 @@
+"""Convolution geometry shared by the plain fallback and the per-sample formulations of FDConv.
+
+The layer keeps ``nn.Conv2d``'s attributes (``kernel_size``, ``stride``, ``padding``, ``dilation``,
+``padding_mode``, ``_reversed_padding_repeated_twice``); these helpers read them from any such module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ConvGeometry", "conv2d", "output_size", "pad_explicitly"]
+
+
+class ConvGeometry(Protocol):
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str
+    dilation: tuple[int, ...]
+    padding_mode: str
+    _reversed_padding_repeated_twice: list[int]
+
+
+def _needs_explicit_padding(geometry: ConvGeometry) -> bool:
+    """Non-zero padding modes, and the string forms ('same', 'valid'), are padded before the convolution."""
+    return geometry.padding_mode != "zeros" or isinstance(geometry.padding, str)
+
+
+def pad_explicitly(x: torch.Tensor, geometry: ConvGeometry) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``x`` padded as the convolution would pad it, and the padding left for the convolution itself."""
+    if not _needs_explicit_padding(geometry):
+        return x, geometry.padding  # type: ignore[return-value]
+    mode = "constant" if geometry.padding_mode == "zeros" else geometry.padding_mode
+    return F.pad(x, geometry._reversed_padding_repeated_twice, mode=mode), (0,) * len(geometry.kernel_size)
+
+
+def output_size(size: Sequence[int], geometry: ConvGeometry) -> tuple[int, ...]:
+    """Spatial output size of the convolution for an input of spatial ``size``."""
+    if _needs_explicit_padding(geometry):
+        pads = geometry._reversed_padding_repeated_twice  # last axis first
+        size = [n + pads[2 * (len(size) - 1 - i)] + pads[2 * (len(size) - 1 - i) + 1] for i, n in enumerate(size)]
+        padding: Sequence[int] = (0,) * len(size)
+    else:
+        padding = geometry.padding  # type: ignore[assignment]
+    return tuple(
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, p, d, k, s in zip(size, padding, geometry.dilation, geometry.kernel_size, geometry.stride)
+    )
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, groups: int = 1, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.conv2d`` with ``geometry``'s stride, padding (and padding mode) and dilation."""
+    if geometry.padding_mode != "zeros":
+        x, _ = pad_explicitly(x, geometry)
+        return F.conv2d(x, weight, bias, geometry.stride, 0, geometry.dilation, groups)
+    return F.conv2d(x, weight, bias, geometry.stride, geometry.padding, geometry.dilation, groups)

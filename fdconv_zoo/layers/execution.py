@@ -1,0 +1,162 @@
+"""How one FDConv forward runs: an immutable plan, decided once from the layer and its input.
+
+The layer computes one function, but in several equivalent ways: the per-sample convolution as one grouped
+convolution, as im2col + batched matmul, or (token layout) as a batched matmul; the weights of a large batch a
+few samples at a time; the per-sample weights kept for backward or recomputed there; in-place products where
+no autograd is recorded; the separable channel and filter attentions on the weight or on the features.
+:func:`plan_execution` is the only code that looks at the device, grad mode, export or compile state to pick
+among them; everything downstream takes the plan. Tests and users can pass their own plan to ``FDConv.forward``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import math
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+
+from .conv_geometry import ConvGeometry, output_size
+
+__all__ = ["ConvMethod", "ExecutionPlan", "Workspace", "float32_region", "into", "is_exporting", "plan_execution"]
+
+Workspace = dict[str, torch.Tensor]
+
+# Weight budgets of the CPU chunking (bytes of float32 per-sample weights): inference chunks hold at most
+# _EVAL_CHUNK once a sample's weight reaches _EVAL_CHUNK_FROM; training chunks hold at most _TRAIN_CHUNK once
+# the whole batch's weights pass _TRAIN_CHUNK_FROM (autograd needs fresh buffers, so smaller chunks gain less).
+_EVAL_CHUNK_FROM, _EVAL_CHUNK = 2**19, 2**21
+_TRAIN_CHUNK_FROM, _TRAIN_CHUNK = 2**23, 2**22
+
+
+class ConvMethod(enum.Enum):
+    """Formulation of the per-sample convolution (all compute the same sums)."""
+
+    GROUPED = "grouped"  # one convolution with B groups: accelerators, compile, shallow CPU layers
+    IM2COL = "im2col"  # unfolded input times the weight image: deep CPU layers, export (no batch-dependent groups)
+    MATMUL = "matmul"  # token layout: (B, N, Cin) times the per-sample (Cin, Cout)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionPlan:
+    """Everything one forward decides besides the function itself.
+
+    ``samples_per_chunk`` None builds the whole batch's weights at once. ``in_place`` holds where this forward
+    records no autograd for the layer (products may then overwrite their inputs, and chunks reuse buffers).
+    ``fold_attention`` applies the channel and filter attentions to the weight instead of the features.
+    ``exporting`` selects the exportable forms (matrix inverse FFT, no autocast regions);
+    ``float32_attention`` runs the attention branch in float32 under autocast.
+    """
+
+    method: ConvMethod
+    samples_per_chunk: int | None = None
+    recompute: bool = False
+    in_place: bool = False
+    fold_attention: bool = False
+    exporting: bool = False
+    float32_attention: bool = False
+
+    @property
+    def reuses_buffers(self) -> bool:
+        return self.in_place and self.samples_per_chunk is not None
+
+    def chunks(self, batch: int) -> list[slice]:
+        """The sample ranges whose weights are built together (one for the whole batch: no loop over a
+        batch size that may be symbolic)."""
+        if self.samples_per_chunk is None:
+            return [slice(None)]
+        return [slice(i, i + self.samples_per_chunk) for i in range(0, batch, self.samples_per_chunk)]
+
+
+class PlannedLayer(ConvGeometry, Protocol):
+    """What planning reads of an FDConv layer."""
+
+    in_channels: int
+    out_channels: int
+    token_layout: bool
+    recompute_weight: bool | None
+
+    def parameters(self) -> Any: ...
+
+
+def is_exporting() -> bool:
+    """True while ``torch.onnx.export`` (either exporter) or ``torch.export`` traces the model."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
+def float32_region(device_type: str, exporting: bool) -> contextlib.AbstractContextManager:
+    """Autocast off (FFTs and band splits run in float32); a no-op while exporting, where an autocast region
+    only adds a wrapper op to the graph (exported graphs run in the dtype they were traced in)."""
+    return contextlib.nullcontext() if exporting else torch.autocast(device_type, enabled=False)
+
+
+def into(workspace: Workspace | None, name: str, fn: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``fn(*args, **kwargs)``, written into ``workspace[name]`` (``out=``) when an earlier call left a buffer there.
+
+    Per-sample loops without autograd reuse their weight-sized buffers this way: glibc hands freed blocks of a
+    few MB back to the OS, and faulting fresh pages in again can cost as much as the arithmetic.
+    """
+    if workspace is None:
+        return fn(*args, **kwargs)
+    buffer = workspace.get(name)
+    workspace[name] = out = fn(*args, **kwargs) if buffer is None else fn(*args, **kwargs, out=buffer)
+    return out
+
+
+def _weight_numel(layer: PlannedLayer) -> int:
+    return layer.out_channels * layer.in_channels * math.prod(layer.kernel_size)
+
+
+def _positions(layer: PlannedLayer, x: torch.Tensor) -> int:
+    """Input positions per sample (before the stride): every middle axis in token layout."""
+    return math.prod(x.shape[1:-1]) if layer.token_layout else math.prod(x.shape[2:])
+
+
+def _method(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bool) -> ConvMethod:
+    """im2col while exporting and on the CPU wherever the weight outsizes the output map (``Cout >= H'W'``): the
+    matmul reads the weight in the layout it is generated in, while the convolution needs it transposed."""
+    if layer.token_layout:
+        return ConvMethod.MATMUL
+    if exporting:
+        return ConvMethod.IM2COL
+    if x.device.type != "cpu" or compiling:
+        return ConvMethod.GROUPED
+    positions = math.prod(output_size(x.shape[2:], layer))
+    return ConvMethod.IM2COL if layer.out_channels >= positions else ConvMethod.GROUPED
+
+
+def _samples_per_chunk(layer: PlannedLayer, batch: int, training: bool) -> int | None:
+    """A few samples' weights at a time for deep CPU layers, so their buffers stay in cache and are reused;
+    never smaller than one sample, and no more chunks than needed (each costs a few dozen small ops)."""
+    per_sample = _weight_numel(layer) * 4
+    if training:
+        chunk = None if batch * per_sample <= _TRAIN_CHUNK_FROM else max(1, _TRAIN_CHUNK // per_sample)
+    else:
+        chunk = None if per_sample < _EVAL_CHUNK_FROM else max(1, _EVAL_CHUNK // per_sample)
+    return None if chunk is None or chunk >= batch else chunk
+
+
+def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
+    """The plan for ``layer(x)`` in the current device, grad, export and compile state."""
+    exporting = is_exporting()
+    compiling = torch.compiler.is_compiling()
+    grad = torch.is_grad_enabled()
+    records_autograd = grad and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
+    positions = _positions(layer, x)
+    recompute = layer.recompute_weight
+    if recompute is None:  # per sample: the weight (Cout * Cin * k...) against the input (Cin * positions)
+        recompute = layer.out_channels * math.prod(layer.kernel_size) > positions
+    whole_batch = exporting or compiling or x.device.type != "cpu"  # a symbolic batch must not be looped over
+    return ExecutionPlan(
+        method=_method(layer, x, exporting, compiling),
+        samples_per_chunk=None if whole_batch else _samples_per_chunk(layer, x.shape[0], grad),
+        recompute=bool(recompute) and grad and not exporting,
+        in_place=not records_autograd,
+        # Separable attentions go where they touch fewer elements: the weight, or the (pre-stride) features.
+        fold_attention=_weight_numel(layer) < (layer.in_channels + layer.out_channels) * positions,
+        exporting=exporting,
+        float32_attention=torch.is_autocast_enabled(x.device.type),
+    )

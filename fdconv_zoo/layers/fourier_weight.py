@@ -1,0 +1,112 @@
+"""Fourier Disjoint Weight (FDW): the kernel stored as its 2-D spectrum, cut into disjoint frequency groups.
+
+A (Cout, Cin, k, k) kernel is laid out as the (Cout*k, Cin*k) "weight image" (row o*k+u, column i*k+v holds
+kernel entry (o, i, u, v)), transformed with ``rfft2``, stored as (real, imag) pairs and divided by
+``min(Cout, Cin) // 2`` (the official ``alpha`` scaling, undone at run time). With ``param_ratio = P`` copies,
+each copy holds 1/P of the spectrum so that the neutral layer equals the source conv (the official converter
+repeats the full spectrum, giving P times the weight). Per sample, each group's bins are scaled by that
+sample's group attention and the image is transformed back.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .execution import Workspace, into
+from .inverse_fft import inverse_weight_planes, inverse_weight_spectrum
+
+__all__ = ["WeightSpectrum", "conv_weight_to_spectrum", "spectrum_to_conv_weight", "static_spectrum", "weight_image"]
+
+
+def _as_conv_weight(weight: torch.Tensor) -> torch.Tensor:
+    if weight.dim() == 2:  # nn.Linear (out, in): a 1x1 convolution
+        return weight[:, :, None, None]
+    if weight.dim() != 4 or weight.shape[-1] != weight.shape[-2]:
+        raise ValueError(f"expected a (Cout, Cin, k, k) conv or (out, in) linear weight with a square kernel, got shape {tuple(weight.shape)}")
+    return weight
+
+
+def conv_weight_to_spectrum(weight: torch.Tensor, param_ratio: int = 1) -> torch.Tensor:
+    """``dft_weight`` (P, Cout*k, Cin*k//2+1, 2) of a conv weight (Cout, Cin, k, k) or linear weight (out, in).
+
+    Computed in float64 and returned in the weight's dtype, so the round trip is exact to float32 rounding.
+    """
+    w = _as_conv_weight(weight)
+    cout, cin, k, _ = w.shape
+    image = w.double().permute(0, 2, 1, 3).reshape(cout * k, cin * k)
+    spectrum = torch.view_as_real(torch.fft.rfft2(image)) / (min(cout, cin) // 2) / param_ratio
+    return spectrum.to(weight.dtype).unsqueeze(0).repeat(param_ratio, 1, 1, 1)
+
+
+def spectrum_to_conv_weight(dft_weight: torch.Tensor, in_channels: int, kernel_size: int = 1) -> torch.Tensor:
+    """Inverse of :func:`conv_weight_to_spectrum`: the static conv weight (Cout, Cin, k, k) an FDConv holds.
+
+    Sums the P copies, so for an official ``param_ratio > 1`` checkpoint this is the weight the layer
+    uses at neutral attention.
+    """
+    if dft_weight.dim() != 4 or dft_weight.shape[-1] != 2:
+        raise ValueError(f"expected a dft_weight of shape (P, Cout*k, Cin*k//2+1, 2), got {tuple(dft_weight.shape)}")
+    k = kernel_size
+    rows, cols = dft_weight.shape[1], in_channels * k
+    if rows % k or dft_weight.shape[2] != cols // 2 + 1:
+        raise ValueError(f"dft_weight of shape {tuple(dft_weight.shape)} does not fit in_channels={in_channels}, kernel_size={k}")
+    cout = rows // k
+    spectrum = dft_weight.double().sum(0) * (min(cout, in_channels) // 2)  # a fresh tensor
+    image = inverse_weight_spectrum(spectrum, cols, exportable=False, in_place=True)
+    return image.view(cout, k, in_channels, k).transpose(1, 2).to(dft_weight.dtype)
+
+
+class WeightSpectrum(NamedTuple):
+    """What every sample's weight image shares: the stored spectrum as real and imaginary planes (P, rows, n2)
+    in the compute dtype, and the bins' group indices as int64 (``gather`` needs them)."""
+
+    real: torch.Tensor
+    imag: torch.Tensor
+    group_index: torch.Tensor
+
+
+def static_spectrum(dft_weight: torch.Tensor, frequency_group: torch.Tensor, *, copy_planes: bool) -> WeightSpectrum:
+    """The planes of ``dft_weight``, made once per forward for the whole batch (so backward also reassembles
+    one gradient for the batch). ``copy_planes`` makes them contiguous copies, for per-bin products several
+    times faster than on the interleaved pairs; without it they are views of the parameter, so autograd keeps
+    the parameter itself rather than a weight-sized copy per layer."""
+    spectrum = dft_weight.to(torch.promote_types(dft_weight.dtype, torch.float32))
+    if copy_planes:
+        spectrum = spectrum.movedim(-1, 0).contiguous().movedim(0, -1)
+    return WeightSpectrum(spectrum[..., 0], spectrum[..., 1], frequency_group.long())
+
+
+def weight_image(
+    spectrum: WeightSpectrum,
+    group_attention: torch.Tensor | None,
+    *,
+    kernel_num: int,
+    scale: float,
+    cols: int,
+    workspace: Workspace | None = None,
+    exportable: bool = False,
+    in_place: bool = False,
+) -> torch.Tensor:
+    """Per-sample weight images (B, Cout*k, Cin*k): every bin times ``scale`` and its group's attention.
+
+    ``group_attention`` (B, KN*P) or None for a single group (the constant attention 1/(KN*P), one image for
+    the batch). ``in_place`` (no autograd) lets the inverse transform write into the fresh planes.
+    """
+    real, imag, group_index = spectrum
+    param_ratio = real.shape[0]
+    if group_attention is None:
+        factor = scale / (kernel_num * param_ratio)
+        planes = real.sum(0, keepdim=True) * factor, imag.sum(0, keepdim=True) * factor
+        return inverse_weight_planes(*planes, cols, exportable=exportable, in_place=in_place)
+    # The group attention of every bin, gathered from the KN per sample: no scatter into a zero map. Along the
+    # last axis, gather is several times faster than indexing with the group map.
+    ka = group_attention.to(real.dtype).view(group_attention.shape[0], param_ratio, 1, kernel_num) * scale
+    b, rows = ka.shape[0], real.shape[-2]
+    index = group_index.expand(b, param_ratio, *group_index.shape)
+    per_bin = into(workspace, "per_bin", torch.gather, ka.expand(b, param_ratio, rows, kernel_num), 3, index)  # (B, P, rows, n2)
+    if param_ratio == 1:
+        real, imag = (into(workspace, name, torch.mul, plane[0], per_bin[:, 0]) for name, plane in (("real", real), ("imag", imag)))
+        return inverse_weight_planes(real, imag, cols, workspace, exportable=exportable, in_place=in_place)
+    return inverse_weight_planes((real * per_bin).sum(1), (imag * per_bin).sum(1), cols, exportable=exportable, in_place=in_place)

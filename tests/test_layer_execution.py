@@ -1,0 +1,116 @@
+"""Every execution plan computes the layer's one function, and an empty batch gives an empty output.
+
+:func:`plan_execution` picks how a forward runs from the device, grad, export and compile state; here each
+plan is passed explicitly, so every formulation runs on this machine whatever state would pick it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from fdconv_testing import perturb_attention, relative_error
+from fdconv_zoo import FDConv
+from fdconv_zoo.layers import ConvMethod, ExecutionPlan, plan_execution
+
+CASES = [
+    dict(in_channels=32, out_channels=48, kernel_size=3, padding=1, bias=True),
+    dict(in_channels=48, out_channels=32, kernel_size=3, stride=2, padding=1, padding_mode="reflect"),
+    dict(in_channels=40, out_channels=24, kernel_size=1),
+]
+
+
+def _layer(case: dict, **kwargs) -> FDConv:
+    torch.manual_seed(0)
+    return perturb_attention(FDConv(**case, kernel_num=8, **kwargs)).double()
+
+
+def _plans(in_place: bool) -> list[ExecutionPlan]:
+    return [
+        ExecutionPlan(method=method, samples_per_chunk=chunk, recompute=recompute and not in_place, in_place=in_place, fold_attention=fold)
+        for method, chunk, recompute, fold in itertools.product((ConvMethod.GROUPED, ConvMethod.IM2COL), (None, 2), (False, True), (False, True))
+    ]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"k{c['kernel_size']}s{c.get('stride', 1)}")
+def test_every_plan_gives_the_same_output_and_gradients(case):
+    layer = _layer(case).train()
+    x = torch.randn(3, layer.in_channels, 9, 8, dtype=torch.float64)
+    expected = layer(x)
+    x_ref = x.clone().requires_grad_(True)
+    layer(x_ref).square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    for plan in _plans(in_place=False):
+        layer.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        y = layer(xi, plan)
+        assert relative_error(y, expected) < 1e-12, plan
+        y.square().sum().backward()
+        assert relative_error(xi.grad, x_ref.grad) < 1e-11, plan
+        for name, p in layer.named_parameters():
+            assert relative_error(p.grad, grads[name]) < 1e-10, (plan, name)
+    layer.eval()
+    with torch.no_grad():
+        expected = layer(x)
+        for plan in _plans(in_place=True):
+            assert relative_error(layer(x, plan), expected) < 1e-12, plan
+
+
+def test_token_layout_runs_the_matmul_plan():
+    layer = _layer(dict(in_channels=40, out_channels=24, kernel_size=1), token_layout=True).eval()
+    x = torch.randn(2, 5, 7, 40, dtype=torch.float64)
+    plan = plan_execution(layer, x)
+    assert plan.method is ConvMethod.MATMUL
+    with torch.no_grad():
+        chunked = layer(x, dataclasses.replace(plan, samples_per_chunk=1))
+    assert relative_error(chunked, layer(x)) < 1e-12
+
+
+def test_plan_follows_grad_mode_and_input():
+    layer = FDConv(64, 64, 3, padding=1)
+    x = torch.randn(2, 64, 8, 8)
+    assert not plan_execution(layer, x).in_place  # parameters need gradients
+    with torch.no_grad():
+        assert plan_execution(layer, x).in_place
+    layer.requires_grad_(False)
+    assert plan_execution(layer, x).in_place and not plan_execution(layer, x.requires_grad_(True)).in_place
+    plan = plan_execution(layer, x)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.method = ConvMethod.IM2COL  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize(
+    "kwargs,shape,expected",
+    [
+        (dict(in_channels=32, out_channels=48, kernel_size=3, padding=1, bias=True), (0, 32, 9, 7), (0, 48, 9, 7)),
+        (dict(in_channels=32, out_channels=48, kernel_size=3, stride=2, padding=1), (0, 32, 9, 7), (0, 48, 5, 4)),
+        (dict(in_channels=32, out_channels=48, kernel_size=1, token_layout=True), (0, 5, 6, 32), (0, 5, 6, 48)),
+        (dict(in_channels=8, out_channels=12, kernel_size=3, padding=1), (0, 8, 6, 6), (0, 12, 6, 6)),  # plain fallback
+    ],
+)
+def test_empty_batch_gives_an_empty_output(kwargs, shape, expected, train):
+    layer = FDConv(**kwargs, kernel_num=4).train(train)
+    stats = {n: b.clone() for n, b in layer.named_buffers()}
+    x = torch.randn(shape, requires_grad=True)
+    y = layer(x)
+    assert y.shape == expected and y.dtype == x.dtype
+    for name, buffer in layer.named_buffers():  # an empty batch moves no running statistics
+        assert torch.equal(buffer, stats[name]), name
+    if train:
+        y.sum().backward()
+        assert x.grad.shape == x.shape
+    assert layer(torch.randn(2, *shape[1:])).shape[1:] == expected[1:]
+
+
+def test_empty_batch_through_an_exported_program():
+    torch.manual_seed(0)
+    layer = perturb_attention(FDConv(32, 48, 3, padding=1, kernel_num=4)).eval()
+    x = torch.randn(2, 32, 8, 8)
+    program = torch.export.export(layer, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=0, max=64)},))
+    with torch.no_grad():
+        assert relative_error(program.module()(x), layer(x)) < 1e-5
+        assert program.module()(torch.randn(0, 32, 8, 8)).shape == (0, 48, 8, 8)
