@@ -22,8 +22,8 @@ _logger = logging.getLogger(__name__)
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, *, fill_missing: bool = True) -> dict[str, torch.Tensor]:
     """Convert a plain model's state dict for ``model``, a network containing FDConv layers.
 
-    For every real FDConv layer ``name`` in ``model``, ``name.weight`` (conv or linear) becomes
-    ``name.dft_weight``. With ``fill_missing`` the attention parameters and buffers the source cannot
+    For every real FDConv layer ``name`` in ``model`` (``FDConv``, ``FDConv1d``, ``FDConv3d``), ``name.weight``
+    (conv of the layer's rank, or linear) becomes ``name.dft_weight``. With ``fill_missing`` the attention parameters and buffers the source cannot
     have (``KSM_Global``, ``KSM_Local``, ``FBM``) are taken from ``model``, whose freshly built layers are
     neutral, so the converted model computes the source's function. Already converted layers (official
     ``tools/convert_to_fdconv.py`` output, or our own checkpoints) pass through. Returns a new dict.

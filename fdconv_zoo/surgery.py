@@ -13,7 +13,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from .layers.fdconv import FDConv
+from .layers import FDConv, FDConv1d, FDConv3d
 
 __all__ = ["PAPER_FDCONV_KWARGS", "convert_to_fdconv", "count_parameters"]
 
@@ -22,10 +22,14 @@ _logger = logging.getLogger(__name__)
 # The paper's settings (Faster/Mask R-CNN R50 configs): the layer defaults except kernel_num=64.
 PAPER_FDCONV_KWARGS: dict[str, Any] = dict(kernel_num=64)
 
+# The FDConv class that replaces each convertible module type (nn.Linear: the 2-D layer's token layout).
+_FDCONV_FOR: dict[type[nn.Module], type[FDConv]] = {nn.Conv1d: FDConv1d, nn.Conv2d: FDConv, nn.Conv3d: FDConv3d, nn.Linear: FDConv}
+
 
 def convert_to_fdconv(model: nn.Module, patterns: Sequence[str], **fdconv_kwargs: Any) -> list[str]:
-    """Replace every ``nn.Conv2d``/``nn.Linear`` whose qualified name matches a glob in ``patterns`` by
-    ``FDConv.from_conv(module, **fdconv_kwargs)``, in place. Returns the replaced names.
+    """Replace every ``nn.Conv1d/2d/3d``/``nn.Linear`` whose qualified name matches a glob in ``patterns`` by
+    ``FDConv1d``/``FDConv``/``FDConv3d``/``FDConv.from_conv(module, **fdconv_kwargs)``, in place. Returns the
+    replaced names.
 
     The converted model computes the same function as before (attentions start neutral). Raises if a
     pattern matches no convertible module, so a renamed layer cannot silently stay a plain conv.
@@ -34,15 +38,16 @@ def convert_to_fdconv(model: nn.Module, patterns: Sequence[str], **fdconv_kwargs
     for pattern in patterns:
         hits = {
             name: m for name, m in model.named_modules()
-            if fnmatch.fnmatchcase(name, pattern) and isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, FDConv)
+            if fnmatch.fnmatchcase(name, pattern) and isinstance(m, tuple(_FDCONV_FOR)) and not isinstance(m, FDConv)
         }
         if not hits:
-            raise ValueError(f"pattern {pattern!r} matches no nn.Conv2d/nn.Linear in {type(model).__name__}")
+            raise ValueError(f"pattern {pattern!r} matches no nn.Conv1d/nn.Conv2d/nn.Conv3d/nn.Linear in {type(model).__name__}")
         matched.update(hits)
     for name, module in matched.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, FDConv.from_conv(module, **fdconv_kwargs))
+        fdconv_class = next(cls for base, cls in _FDCONV_FOR.items() if isinstance(module, base))
+        setattr(parent, child, fdconv_class.from_conv(module, **fdconv_kwargs))
     _logger.debug("converted %d layers of %s to FDConv", len(matched), type(model).__name__)
     return list(matched)
 

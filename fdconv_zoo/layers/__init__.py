@@ -1,11 +1,13 @@
 """The FDConv layer and its parts: Fourier Disjoint Weight (``fourier_weight``), Kernel Spatial Modulation
 (``kernel_modulation``), Frequency Band Modulation (``band_modulation``), and how a forward runs
-(``execution``, ``per_sample_conv``). Nothing here imports from the rest of the package."""
+(``execution``, ``per_sample_conv``); ``fdconv_nd`` has the 1-D and 3-D layers. Nothing here imports from the rest
+of the package."""
 
 from .band_modulation import FrequencyBandModulation, band_lowpass, band_masks
 from .bounded_attention import bounded_attention
 from .execution import ConvMethod, ExecutionPlan, plan_execution
 from .fdconv import FDConv
+from .fdconv_nd import FDConv1d, FDConv3d
 from .fdconv_args import DEFAULT_FBM_CFG
 from .fourier_weight import conv_weight_to_spectrum, spectrum_to_conv_weight
 from .frequency_groups import frequency_group_map
@@ -17,6 +19,8 @@ __all__ = [
     "ConvMethod",
     "ExecutionPlan",
     "FDConv",
+    "FDConv1d",
+    "FDConv3d",
     "FrequencyBandModulation",
     "KernelAttentions",
     "KernelSpatialModulationGlobal",

@@ -2,7 +2,8 @@
 
 The official masks are Chebyshev low-pass boxes made on a 64x64 grid and nearest-resized to the input size. They
 are separable and keep few frequencies, so every band is computed as a product of partial DFTs (plain
-``matmul``: it differentiates, compiles and exports to ONNX).
+``matmul``: it differentiates, compiles and exports to ONNX). 1-D and 3-D inputs (this package's extension) get
+the same boxes over their ``rfftn`` bins, made on a 64-point grid per axis and resized the same way.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .bounded_attention import bounded_attention
+from .conv_geometry import CONV_CLASSES, conv_nd
 from .execution import float32_region
 
-__all__ = ["FBM_MASK_GRID", "FrequencyBandModulation", "band_lowpass", "band_mask_factors", "band_masks"]
+__all__ = ["FBM_MASK_GRID", "FrequencyBandModulation", "band_axis_factors", "band_lowpass", "band_mask_factors", "band_masks"]
 
 FBM_MASK_GRID = (64, 64)  # official FBM precomputes its masks on this grid and resizes them
 
@@ -48,27 +49,37 @@ def _nearest_source_index(out_size: int, in_size: int) -> list[int]:
     return [min(math.floor(_float32(i * scale)), in_size - 1) for i in range(out_size)]
 
 
-def band_mask_factors(height: int, width: int, cutoffs: Sequence[int], exact: bool = False) -> list[tuple[list[bool], list[bool]]]:
-    """Row (``height``) and column (``width//2+1``) factors of each FBM low-pass mask: ``mask = rows x cols``.
+def band_axis_factors(sizes: Sequence[int], cutoffs: Sequence[int], exact: bool = False) -> list[list[list[bool]]]:
+    """Per band, per spatial axis, which frequencies of the ``rfftn`` of a map of ``sizes`` its low-pass box keeps:
+    the full ``n``-point axes, then the one-sided ``n//2+1``-point last axis; the mask is their outer product.
 
-    The official mask keeps the ``rfft2`` bins whose Chebyshev frequency ``max(|fh|, |fw|)`` is below
-    ``0.5 / k + 1e-8`` (compared in float32: ``0.25 + 1e-8`` rounds to 0.25, smaller cut-offs keep the
-    epsilon), which is the product of one test per axis. It is made on the official 64x64 grid and
-    nearest-resized to the input size (separable too), so its checkpoints behave as trained; ``exact=True``
-    tests the true frequencies of the input size instead, which moves band edges by up to one bin at sizes
-    other than 64x64 and keeps the masks symmetric in +-f.
+    The official mask keeps the bins whose Chebyshev frequency ``max(|f1|, ..., |fn|)`` is below ``0.5 / k +
+    1e-8`` (compared in float32: ``0.25 + 1e-8`` rounds to 0.25, smaller cut-offs keep the epsilon), which is
+    the product of one test per axis. It is made on the official 64-point grid per axis and nearest-resized to
+    the input size (separable too), so its checkpoints behave as trained; ``exact=True`` tests the true
+    frequencies of the input size instead, which moves band edges by up to one bin at sizes other than 64 and
+    keeps the masks symmetric in +-f.
     """
-    if exact:
-        fh, fw = _fftfreq32(height, onesided=False), _fftfreq32(width, onesided=True)
-    else:
-        grid_h, grid_w = _fftfreq32(FBM_MASK_GRID[0], onesided=False), _fftfreq32(FBM_MASK_GRID[1], onesided=True)
-        fh = [grid_h[i] for i in _nearest_source_index(height, len(grid_h))]
-        fw = [grid_w[i] for i in _nearest_source_index(width // 2 + 1, len(grid_w))]
+    last = len(sizes) - 1
+    axes = []
+    for axis, n in enumerate(sizes):
+        onesided = axis == last
+        if exact:
+            axes.append(_fftfreq32(n, onesided))
+        else:
+            grid = _fftfreq32(FBM_MASK_GRID[1] if onesided else FBM_MASK_GRID[0], onesided)
+            axes.append([grid[i] for i in _nearest_source_index(n // 2 + 1 if onesided else n, len(grid))])
     factors = []
     for k in cutoffs:
         threshold = _float32(0.5 / k + 1e-8)
-        factors.append(([abs(f) < threshold for f in fh], [abs(f) < threshold for f in fw]))
+        factors.append([[abs(f) < threshold for f in freqs] for freqs in axes])
     return factors
+
+
+def band_mask_factors(height: int, width: int, cutoffs: Sequence[int], exact: bool = False) -> list[tuple[list[bool], list[bool]]]:
+    """Row (``height``) and column (``width//2+1``) factors of each 2-D FBM low-pass mask: ``mask = rows x cols``
+    (see :func:`band_axis_factors`)."""
+    return [(rows, cols) for rows, cols in band_axis_factors((height, width), cutoffs, exact)]
 
 
 def band_masks(height: int, width: int, cutoffs: Sequence[int], exact: bool = False, device: torch.device | None = None) -> torch.Tensor:
@@ -97,8 +108,9 @@ def _nested_order(keeps: list[list[bool]]) -> tuple[list[int], list[int]]:
     return order, [sum(keep) for keep in keeps]
 
 
-def band_lowpass(x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False) -> list[torch.Tensor]:
-    """``irfft2(rfft2(x) * mask_k)`` over the last two axes of ``x`` for every cut-off, as matrix products.
+def band_lowpass(x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False, spatial_dims: int = 2) -> list[torch.Tensor]:
+    """``irfftn(rfftn(x) * mask_k)`` over the last ``spatial_dims`` axes of ``x`` for every cut-off, as matrix
+    products (1-D and 3-D: :func:`_band_lowpass_nd`; 2-D below).
 
     The masks are separable boxes that keep few frequencies (a quarter of the bins at most), so each band is a
     product of partial DFTs: analysis onto the kept frequencies of all bands (once), then a synthesis per
@@ -107,6 +119,8 @@ def band_lowpass(x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False) -
     compiles and exports to ONNX. It reproduces torch's ``irfft2`` exactly in exact arithmetic, including its
     reading of only the real part of the zero and Nyquist columns when a resized mask is not symmetric.
     """
+    if spatial_dims != 2:
+        return _band_lowpass_nd(x, cutoffs, exact, spatial_dims)
     h, w = x.shape[-2:]
     factors = band_mask_factors(h, w, cutoffs, exact)
     # Each band keeps the bins below its threshold on the same per-axis frequencies, so the kept sets are
@@ -138,6 +152,42 @@ def band_lowpass(x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False) -
     return lows
 
 
+def _along(t: torch.Tensor, axis: int, matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` applied along ``axis`` of ``t`` (a matmul on that axis moved last)."""
+    return torch.matmul(t.movedim(axis, -1), matrix).movedim(-1, axis)
+
+
+def _band_lowpass_nd(x: torch.Tensor, cutoffs: Sequence[int], exact: bool, spatial_dims: int) -> list[torch.Tensor]:
+    """:func:`band_lowpass` over any number of axes: a real partial DFT along the last axis, complex ones along
+    the others onto the frequencies any band keeps (once), then per band the inverse on its prefix of them,
+    the complex axes first and the half-spectrum (C2R) last axis at the end, as ``irfftn`` reads it."""
+    sizes = tuple(x.shape[-spatial_dims:])
+    factors = band_axis_factors(sizes, cutoffs, exact)
+    kept = [_nested_order([band[axis] for band in factors]) for axis in range(spatial_dims)]  # (order, counts)
+    if any(not order for order, _ in kept):
+        return [torch.zeros_like(x) for _ in factors]
+    bases = [_dft_basis(n, order, x.dtype, x.device) for n, (order, _) in zip(sizes, kept)]
+    axes = range(-spatial_dims, -1)  # the full (complex) axes; the last one is one-sided
+    cos_l, sin_l = bases[-1]
+    re, im = torch.matmul(x, cos_l), -torch.matmul(x, sin_l)  # spectrum re + i im, with e^{-i theta}
+    for axis, (cos, sin) in zip(axes, bases):
+        re, im = _along(re, axis, cos) + _along(im, axis, sin), _along(im, axis, cos) - _along(re, axis, sin)
+    n_last = sizes[-1]
+    weight_l = torch.tensor([1.0 if j == 0 or 2 * j == n_last else 2.0 for j in kept[-1][0]], dtype=x.dtype, device=x.device) / n_last
+    lows = []
+    for band in range(len(factors)):
+        counts = [n_kept[band] for _, n_kept in kept]
+        if 0 in counts:
+            lows.append(torch.zeros_like(x))
+            continue
+        r, i = (t[(Ellipsis, *(slice(0, c) for c in counts))] for t in (re, im))
+        for axis, (cos, sin), n, c in zip(axes, bases, sizes, counts):
+            cos_t, sin_t = cos[:, :c].T / n, sin[:, :c].T / n  # synthesis with e^{+i theta}
+            r, i = _along(r, axis, cos_t) - _along(i, axis, sin_t), _along(i, axis, cos_t) + _along(r, axis, sin_t)
+        wl = weight_l[: counts[-1]]
+        lows.append(torch.matmul(r * wl, cos_l[:, : counts[-1]].T) - torch.matmul(i * wl, sin_l[:, : counts[-1]].T))
+    return lows
+
 
 class FrequencyBandModulation(nn.Module):
     """Splits the input into frequency bands and re-weights each band with a spatial attention map.
@@ -156,6 +206,7 @@ class FrequencyBandModulation(nn.Module):
         spatial_kernel: int = 3,
         init: str = "zero",
         exact_masks: bool = False,
+        spatial_dims: int = 2,
         device=None,
         dtype=None,
     ) -> None:
@@ -172,9 +223,10 @@ class FrequencyBandModulation(nn.Module):
         self.spatial_group = spatial_group
         self.init = init
         self.exact_masks = exact_masks
+        self.spatial_dims = spatial_dims
         n_att = len(self.k_list) + int(lowfreq_att)
         self.freq_weight_conv_list = nn.ModuleList(
-            nn.Conv2d(
+            CONV_CLASSES[spatial_dims](
                 in_channels, spatial_group, spatial_kernel, padding=spatial_kernel // 2, groups=spatial_group,
                 bias=True, device=device, dtype=dtype,
             )
@@ -191,27 +243,27 @@ class FrequencyBandModulation(nn.Module):
                 conv.reset_parameters()
 
     def _attention_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """All band attentions from one grouped conv: (B, n_att, G, H, W)."""
+        """All band attentions from one grouped conv: (B, n_att, G, *spatial)."""
         convs = self.freq_weight_conv_list
         n, g = len(convs), self.spatial_group
-        weight = torch.stack([c.weight for c in convs], 1)  # (G, n, Cin/G, s, s): group-major for groups=G
+        weight = torch.stack([c.weight for c in convs], 1)  # (G, n, Cin/G, s, ...): group-major for groups=G
         bias = torch.stack([c.bias for c in convs], 1)
-        logits = F.conv2d(x, weight.flatten(0, 1), bias.flatten(), padding=convs[0].padding, groups=g)
+        logits = conv_nd(x, weight.flatten(0, 1), convs[0], groups=g, bias=bias.flatten())
         return bounded_attention(logits.unflatten(1, (g, n)).transpose(1, 2), self.act, dim=2)
 
     def forward(self, x: torch.Tensor, *, in_place: bool = False, exporting: bool = False) -> torch.Tensor:
-        """Modulated ``x`` (B, C, H, W). ``in_place`` (only without autograd) accumulates the bands into one buffer."""
-        b, c, h, w = x.shape
+        """Modulated ``x`` (B, C, *spatial). ``in_place`` (only without autograd) accumulates the bands into one buffer."""
+        c = x.shape[1]
         g, n = self.spatial_group, len(self.k_list)
         compute_dtype = torch.promote_types(x.dtype, torch.float32)
         xf = x.to(compute_dtype)
         with float32_region(x.device.type, exporting):  # the band split stays in float32 under autocast
-            lows = band_lowpass(xf, self.k_list, self.exact_masks)  # n tensors (B, C, H, W)
-        att = self._attention_maps(x).to(compute_dtype)  # (B, n_att, G, H, W)
+            lows = band_lowpass(xf, self.k_list, self.exact_masks, self.spatial_dims)  # n tensors (B, C, *spatial)
+        att = self._attention_maps(x).to(compute_dtype)  # (B, n_att, G, *spatial)
         # sum_j a_j (low_{j-1} - low_j) + a_n low_{n-1}, with low_{-1} = x and a_n = 1 (or the low-band
         # attention), telescoped into a_0 x + sum_j (a_{j+1} - a_j) low_j: no high-band tensors.
         last = att[:, n:] if self.lowfreq_att else torch.ones_like(att[:, :1])
-        coefficients = torch.cat([att[:, 1:n], last], 1) - att[:, :n]  # (B, n, G, H, W)
+        coefficients = torch.cat([att[:, 1:n], last], 1) - att[:, :n]  # (B, n, G, *spatial)
         out = att[:, 0, :, None] * xf.unflatten(1, (g, c // g))
         for j in range(n):  # a few bands, accumulated without a fresh feature-sized tensor per band where allowed
             low = lows[j].unflatten(1, (g, c // g))

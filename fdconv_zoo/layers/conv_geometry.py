@@ -1,18 +1,24 @@
 """Convolution geometry shared by the plain fallback and the per-sample formulations of FDConv.
 
-The layer keeps ``nn.Conv2d``'s attributes (``kernel_size``, ``stride``, ``padding``, ``dilation``,
-``padding_mode``, ``_reversed_padding_repeated_twice``); these helpers read them from any such module.
+The layer keeps ``nn.Conv1d/2d/3d``'s attributes (``kernel_size``, ``stride``, ``padding``, ``dilation``,
+``padding_mode``, ``_reversed_padding_repeated_twice``); these helpers read them from any such module and work
+for any number of spatial dimensions (the rank of the weight or input says which).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ConvGeometry", "conv2d", "output_size", "pad_explicitly"]
+__all__ = ["CONV_CLASSES", "ConvGeometry", "conv_nd", "normalised_conv_args", "output_size", "pad_explicitly"]
+
+CONV_CLASSES: dict[int, type[nn.modules.conv._ConvNd]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_ATTRIBUTES = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "_reversed_padding_repeated_twice")
 
 
 class ConvGeometry(Protocol):
@@ -51,9 +57,17 @@ def output_size(size: Sequence[int], geometry: ConvGeometry) -> tuple[int, ...]:
     )
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, groups: int = 1, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.conv2d`` with ``geometry``'s stride, padding (and padding mode) and dilation."""
+def normalised_conv_args(spatial_dims: int, *args: Any) -> dict[str, Any]:
+    """``nn.Conv{n}d``'s normalised convolution arguments (tuples, padding list) for its positional ``args``;
+    a "meta" conv validates them, allocating nothing."""
+    spec = CONV_CLASSES[spatial_dims](*args, device="meta")
+    return {name: getattr(spec, name) for name in _CONV_ATTRIBUTES}
+
+
+def conv_nd(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, groups: int = 1, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.conv1d/2d/3d`` (by the weight's rank) with ``geometry``'s stride, padding (and mode) and dilation."""
+    conv = _CONV_FUNCTIONS[weight.dim() - 2]
     if geometry.padding_mode != "zeros":
         x, _ = pad_explicitly(x, geometry)
-        return F.conv2d(x, weight, bias, geometry.stride, 0, geometry.dilation, groups)
-    return F.conv2d(x, weight, bias, geometry.stride, geometry.padding, geometry.dilation, groups)
+        return conv(x, weight, bias, geometry.stride, 0, geometry.dilation, groups)
+    return conv(x, weight, bias, geometry.stride, geometry.padding, geometry.dilation, groups)

@@ -6,7 +6,9 @@ that falls back to a plain convolution has ``weight``/``bias``). Differences fro
 outside the function of trained layers: every attention head starts at zero so a converted layer is
 exactly its source convolution; batch size 1 trains and an empty batch gives an empty output; the frequency
 grouping does not depend on the CPU's SIMD level; ``padding_mode`` is honoured; ``kernel_num`` need not divide
-the number of bins; the layer also runs on ``(B, ..., C)`` token tensors as a drop-in for ``nn.Linear``.
+the number of bins; the layer also runs on ``(B, ..., C)`` token tensors as a drop-in for ``nn.Linear``; beyond the
+paper, kernels need not be square and the layer is generic over the number of spatial dimensions (``FDConv1d``,
+``FDConv3d`` in ``fdconv_nd``): a (k1, ..., kn) kernel's weight image is (Cout*k1, Cin*k2*...*kn).
 
 The parts live beside this file: ``fourier_weight`` (FDW), ``kernel_modulation`` (KSM), ``band_modulation``
 (FBM), ``execution`` (how a forward runs) and ``per_sample_conv``; this module composes them.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -25,10 +27,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .band_modulation import FrequencyBandModulation
-from .conv_geometry import conv2d
+from .conv_geometry import conv_nd, normalised_conv_args
 from .execution import ConvMethod, ExecutionPlan, Workspace, float32_region, plan_execution
-from .fdconv_args import check_fdconv_args, check_input, fbm_config, uses_fdconv
-from .fourier_weight import WeightSpectrum, conv_weight_to_spectrum, static_spectrum, weight_image
+from .fdconv_args import check_fdconv_args, check_input, check_token_layout, fbm_config, kernel_in, uses_fdconv
+from .fourier_weight import WeightSpectrum, conv_weight_to_spectrum, image_shape, image_to_conv_weight, static_spectrum, weight_image
 from .frequency_groups import frequency_group_map
 from .kernel_modulation import KernelAttentions, KernelSpatialModulationGlobal, KernelSpatialModulationLocal, modulate_weight
 from .per_sample_conv import per_sample_conv
@@ -37,18 +39,19 @@ from .plain_conv import convert_plain_layer, plain_weight_error
 __all__ = ["FDConv"]
 
 
-def _feature_view(attention: torch.Tensor, token_layout: bool) -> torch.Tensor:
-    """(B, C) per-channel attention shaped to scale features: (B, 1, C) tokens or (B, C, 1, 1) maps."""
-    return attention[:, None] if token_layout else attention[:, :, None, None]
+def _feature_view(channels: torch.Tensor, token_layout: bool, spatial_dims: int) -> torch.Tensor:
+    """(..., C) per-channel factors (attentions, bias) shaped to scale features: (..., 1, C) tokens or
+    (..., C, 1, ...) maps."""
+    return channels[..., None, :] if token_layout else channels[(..., *(None,) * spatial_dims)]
 
 
 class FDConv(nn.Module):
     """Frequency Dynamic Convolution, a drop-in replacement for ``nn.Conv2d`` (or ``nn.Linear``).
 
-    The weight is stored as its 2-D Fourier spectrum (``dft_weight``), split into ``kernel_num`` disjoint
-    frequency groups; per sample, group attentions (Fourier Disjoint Weights), channel/filter/spatial and
-    per-element attentions (Kernel Spatial Modulation) and a band-wise re-weighting of the input
-    (Frequency Band Modulation, 3x3 layers) make the convolution input-dependent.
+    The weight is stored as the 2-D Fourier spectrum of its weight image (``dft_weight``), split into
+    ``kernel_num`` disjoint frequency groups; per sample, group attentions (Fourier Disjoint Weights),
+    channel/filter/spatial and per-element attentions (Kernel Spatial Modulation) and a band-wise re-weighting
+    of the input (Frequency Band Modulation, 3x3 layers) make the convolution input-dependent.
 
     Arguments are those of ``nn.Conv2d`` followed by the official FDConv keyword arguments (same names and
     defaults). Extra keywords: ``token_layout=True`` makes a 1x1 layer act on ``(B, ..., C)`` tensors like
@@ -58,17 +61,20 @@ class FDConv(nn.Module):
     weight-sized tensor is kept); the default recomputes them where they outsize the layer's input.
 
     Layers with ``min(in, out) <= use_fdconv_if_c_gt`` or a kernel size outside ``use_fdconv_if_k_in``
-    are plain convolutions (``use_fdconv`` is False), exactly like the official layer.
+    are plain convolutions (``use_fdconv`` is False), exactly like the official layer. In ``use_fdconv_if_k_in``
+    and ``use_fbm_if_k_in`` an int ``k`` stands for the k x k kernel, a tuple such as ``(3, 1)`` for itself.
     """
+
+    spatial_dims: ClassVar[int] = 2
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
@@ -76,9 +82,9 @@ class FDConv(nn.Module):
         reduction: float = 0.0625,
         kernel_num: int | None = 4,
         use_fdconv_if_c_gt: int = 16,
-        use_fdconv_if_k_in: Sequence[int] = (1, 3),
+        use_fdconv_if_k_in: Sequence[int | Sequence[int]] = (1, 3),
         use_fdconv_if_stride_in: Sequence[int] = (1,),
-        use_fbm_if_k_in: Sequence[int] = (3,),
+        use_fbm_if_k_in: Sequence[int | Sequence[int]] = (3,),
         use_fbm_for_stride: bool = False,
         kernel_temp: float = 1.0,
         temp: float | None = None,
@@ -101,13 +107,15 @@ class FDConv(nn.Module):
     ) -> None:
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self._init_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode, token_layout)
+        geometry = normalised_conv_args(self.spatial_dims, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, False, padding_mode)
+        for name, value in geometry.items():  # nn.Conv{n}d's attributes, normalised
+            setattr(self, name, value)
+        self.token_layout = check_token_layout(token_layout, self.kernel_size, self.stride, self.padding, groups)
         self.recompute_weight = recompute_weight
         self.use_fdconv = uses_fdconv(in_channels, out_channels, self.kernel_size, use_fdconv_if_c_gt, use_fdconv_if_k_in)
         self.use_fdconv_if_stride_in = list(use_fdconv_if_stride_in)  # kept for config parity; never checked (as official)
         if not self.use_fdconv:
-            wshape = (out_channels, in_channels) if token_layout else (out_channels, in_channels // self.groups, *self.kernel_size)
-            self.weight = nn.Parameter(torch.empty(wshape, **dd))
+            self.weight = nn.Parameter(torch.empty((out_channels, in_channels) if token_layout else self.conv_weight_shape, **dd))
         self.bias = nn.Parameter(torch.empty(out_channels, **dd)) if bias else None
         if not self.use_fdconv:
             self.reset_parameters()
@@ -116,55 +124,41 @@ class FDConv(nn.Module):
             kernel_num = out_channels // 2
             kernel_temp = math.sqrt(kernel_num * param_ratio)
         check_fdconv_args(
-            kernel_size=self.kernel_size, groups=groups, kernel_num=kernel_num, param_reduction=param_reduction,
+            groups=groups, kernel_num=kernel_num, param_reduction=param_reduction,
             convert_param=convert_param, spatial_freq_decompose=spatial_freq_decompose, ksm_global_act=ksm_global_act,
             ksm_only_kernel_att=ksm_only_kernel_att, ksm_local_act=ksm_local_act, param_ratio=param_ratio,
         )
-        fbm = fbm_config(fbm_cfg)
-        k = self.kernel_size[0]
+        fbm_args = fbm_config(fbm_cfg)
         self.kernel_num, self.param_ratio = kernel_num, param_ratio
         self.kernel_temp, self.temp, self.att_multi = kernel_temp, kernel_temp if temp is None else temp, att_multi
         self.ksm_local_act = ksm_local_act
         self.alpha = (min(in_channels, out_channels) // 2) * kernel_num * param_ratio
-        rows, n2 = out_channels * k, in_channels * k // 2 + 1
+        rows, n2 = self.weight_image_shape[0], self.weight_image_shape[1] // 2 + 1
         self.dft_weight = nn.Parameter(torch.empty(param_ratio, rows, n2, 2, **dd))
         self.KSM_Global = KernelSpatialModulationGlobal(
-            in_channels, out_channels, k, max(int(in_channels * reduction), 16), kernel_num * param_ratio,
+            in_channels, out_channels, self.kernel_size, max(int(in_channels * reduction), 16), kernel_num * param_ratio,
             temp=self.temp, kernel_temp=kernel_temp, att_multi=att_multi, act=ksm_global_act,
             only_kernel_att=ksm_only_kernel_att, **dd,
         )
-        if k in use_fbm_if_k_in or (use_fbm_for_stride and self.stride[0] > 1):
-            fbm_args = {name: fbm[name] for name in ("k_list", "lowfreq_att", "act", "spatial_group", "spatial_kernel", "init")}
-            self.FBM = FrequencyBandModulation(in_channels, **fbm_args, exact_masks=fbm.get("exact_masks", False), **dd)
+        if kernel_in(self.kernel_size, use_fbm_if_k_in) or (use_fbm_for_stride and self.stride[0] > 1):
+            self.FBM = FrequencyBandModulation(in_channels, **fbm_args, spatial_dims=self.spatial_dims, **dd)
         if use_ksm_local:
-            self.KSM_Local = KernelSpatialModulationLocal(in_channels, out_channels * k * k, kernel_size=k, **dd)
+            self.KSM_Local = KernelSpatialModulationLocal(in_channels, out_channels * math.prod(self.kernel_size), self.kernel_size, **dd)
         self.register_buffer("frequency_group", torch.empty(rows, n2, dtype=torch.int32, device=device), persistent=False)
         self.init_non_persistent_buffers()
         self.reset_parameters()
-
-    def _init_conv_args(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode, token_layout) -> None:
-        """``nn.Conv2d``'s normalised convolution arguments (a "meta" conv validates them, allocating nothing)."""
-        spec = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, False, padding_mode, device="meta")
-        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
-            setattr(self, name, getattr(spec, name))
-        self.token_layout = token_layout
-        if token_layout and (self.kernel_size != (1, 1) or self.stride != (1, 1) or self.padding not in ((0, 0), "valid") or groups != 1):
-            raise ValueError(
-                "token_layout=True is the nn.Linear form of FDConv: it needs kernel_size=1, stride=1, padding=0 "
-                f"and groups=1, got kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, groups={groups}"
-            )
 
     # ------------------------------------------------------------------------------------------ init
     def init_non_persistent_buffers(self) -> None:
         """(Re)compute the frequency group map; call after meta-device materialisation (timm convention)."""
         if self.use_fdconv and not self.frequency_group.is_meta:
-            groups = frequency_group_map(self.frequency_group.shape[0], self.in_channels * self.kernel_size[0], self.kernel_num)
+            groups = frequency_group_map(*self.weight_image_shape, self.kernel_num)
             self.frequency_group = groups.to(self.frequency_group.device)
 
     def reset_parameters(self) -> None:
-        """nn.Conv2d's default weight and bias (converted to the spectrum), attentions neutral."""
+        """nn.Conv{n}d's default weight and bias (converted to the spectrum), attentions neutral."""
         if not self.use_fdconv:
-            nn.Conv2d.reset_parameters(self)  # kaiming-uniform weight and fan-in bias, as nn.Conv2d/nn.Linear
+            nn.Conv2d.reset_parameters(self)  # kaiming-uniform weight and fan-in bias, as nn.Conv1d/2d/3d/nn.Linear
             return
         with torch.no_grad():
             self.dft_weight.copy_(self.default_spectrum())
@@ -172,13 +166,13 @@ class FDConv(nn.Module):
         self.reset_attention()
 
     def reset_bias(self) -> None:
-        """nn.Conv2d's fan-in uniform bias init."""
+        """nn.Conv{n}d's fan-in uniform bias init."""
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_channels // self.groups * math.prod(self.kernel_size))
             nn.init.uniform_(self.bias, -bound, bound)
 
     def default_spectrum(self) -> torch.Tensor:
-        """Spectrum of a freshly initialised nn.Conv2d weight (kaiming-uniform, a=sqrt(5)), as the official init;
+        """Spectrum of a freshly initialised nn.Conv{n}d weight (kaiming-uniform, a=sqrt(5)), as the official init;
         separate so guarded initialisers (transformers' ``init.copy_``) can set it without re-drawing loaded tensors."""
         weight = torch.empty(self.conv_weight_shape, device=self.dft_weight.device, dtype=self.dft_weight.dtype)
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
@@ -217,14 +211,19 @@ class FDConv(nn.Module):
 
     @property
     def conv_weight_shape(self) -> tuple[int, ...]:
-        """Shape of the equivalent static ``nn.Conv2d`` weight."""
+        """Shape of the equivalent static ``nn.Conv{n}d`` weight."""
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    @property
+    def weight_image_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the weight image whose spectrum ``dft_weight`` stores: (Cout*k1, Cin*k2*...*kn)."""
+        return image_shape(self.out_channels, self.in_channels, self.kernel_size)
 
     def accepts_conv_weight(self, shape: Sequence[int]) -> bool:
         """Whether a plain weight of ``shape`` converts into this layer: the conv weight, or (out, in) of an
         ``nn.Linear`` for a 1x1 layer."""
         expected = self.conv_weight_shape
-        return tuple(shape) == expected or (self.kernel_size == (1, 1) and tuple(shape) == expected[:2])
+        return tuple(shape) == expected or (math.prod(self.kernel_size) == 1 and tuple(shape) == expected[:2])
 
     @property
     def in_features(self) -> int:  # nn.Linear-style aliases, so the token-layout form is a drop-in for nn.Linear
@@ -236,23 +235,24 @@ class FDConv(nn.Module):
 
     # ---------------------------------------------------------------------------------------- forward
     def spectral_weight(self, group_attention: torch.Tensor | None, scale: float = 1.0) -> torch.Tensor:
-        """Per-sample weight images (B, Cout*k, Cin*k) for the group attentions, times ``scale``: ``image[b, o*k+u,
-        i*k+v]`` is kernel entry ``[o, i, u, v]``. Float32 (float64 parameters: float64); callers disable autocast."""
+        """Per-sample weight images (B, rows, cols) for the group attentions, times ``scale``: for a square kernel
+        ``image[b, o*k+u, i*k+v]`` is kernel entry ``[o, i, u, v]``. Float32 (float64 parameters: float64);
+        callers disable autocast."""
         spectrum = static_spectrum(self.dft_weight, self.frequency_group, copy_planes=False)
-        return weight_image(spectrum, group_attention, kernel_num=self.kernel_num, scale=self.alpha * scale, cols=self.in_channels * self.kernel_size[0])
+        return weight_image(spectrum, group_attention, kernel_num=self.kernel_num, scale=self.alpha * scale, cols=self.weight_image_shape[1])
 
     def forward(self, x: torch.Tensor, plan: ExecutionPlan | None = None) -> torch.Tensor:
         """``plan`` (default: :func:`~.execution.plan_execution`) picks how, never what, the layer computes."""
-        check_input(x, self.in_channels, self.token_layout)
+        check_input(x, self.in_channels, self.token_layout, self.spatial_dims, type(self).__name__)
         if not self.use_fdconv:
-            return F.linear(x, self.weight, self.bias) if self.token_layout else conv2d(x, self.weight, self, self.groups, self.bias)
+            return F.linear(x, self.weight, self.bias) if self.token_layout else conv_nd(x, self.weight, self, self.groups, self.bias)
         if x.shape[0] == 0:
             return self._static_forward(x)
         plan = plan_execution(self, x) if plan is None else plan
         lead = x.shape[:-1]
         if self.token_layout:
             x = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), self.in_channels)  # explicit sizes: batch 0 under export
-        pooled = x.mean(1) if self.token_layout else x.mean((2, 3))
+        pooled = x.mean(1) if self.token_layout else x.mean(tuple(range(2, x.dim())))
         b = x.shape[0]
         # Under autocast the small (B, Cin) attention work runs in float32: half precision costs visible accuracy.
         with float32_region(x.device.type, plan.exporting) if plan.float32_attention else contextlib.nullcontext():
@@ -262,7 +262,7 @@ class FDConv(nn.Module):
         filt = attentions.filter
         if not plan.fold_attention:  # the separable attentions scale the features; the kernel keeps the others
             if attentions.channel is not None:
-                x = x * _feature_view(attentions.channel, self.token_layout).to(x.dtype)
+                x = x * _feature_view(attentions.channel, self.token_layout, self.spatial_dims).to(x.dtype)
             attentions = attentions._replace(channel=None, filter=None)
         with float32_region(x.device.type, plan.exporting):
             spectrum = static_spectrum(self.dft_weight, self.frequency_group, copy_planes=plan.in_place)  # once per batch
@@ -279,9 +279,9 @@ class FDConv(nn.Module):
                 outputs.append(self._dynamic_conv(*args, workspace))
         y = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         if filt is not None and not plan.fold_attention:
-            y = y * _feature_view(filt, self.token_layout).to(y.dtype)
+            y = y * _feature_view(filt, self.token_layout, self.spatial_dims).to(y.dtype)
         if self.bias is not None:
-            y = y + (self.bias if self.token_layout else self.bias[:, None, None]).to(y.dtype)
+            y = y + (self.bias if self.token_layout else _feature_view(self.bias, False, self.spatial_dims)).to(y.dtype)
         return y.reshape(*lead, self.out_channels) if self.token_layout else y
 
     def _dynamic_conv(
@@ -298,7 +298,6 @@ class FDConv(nn.Module):
         With im2col the separable attentions (spatial, and channel/filter when folded) scale the unfolded input
         and the output instead of the weight.
         """
-        k = self.kernel_size[0]
         on_features = attentions._replace(group=None) if plan.method is ConvMethod.IM2COL else KernelAttentions(None, None, None, None)
         on_weight = KernelAttentions(None, None, None, None) if plan.method is ConvMethod.IM2COL else attentions
         with float32_region(x.device.type, plan.exporting):
@@ -306,10 +305,10 @@ class FDConv(nn.Module):
             # att_multi, the local attention's constant factor, scales the spectrum (a scalar) instead of the weight.
             scale = self.att_multi if local_logits is not None and self.ksm_local_act == "sigmoid" else 1.0
             image = weight_image(
-                spectrum, attentions.group, kernel_num=self.kernel_num, scale=self.alpha * scale, cols=self.in_channels * k,
+                spectrum, attentions.group, kernel_num=self.kernel_num, scale=self.alpha * scale, cols=self.weight_image_shape[1],
                 workspace=workspace, exportable=plan.exporting, in_place=plan.in_place,
             )
-            weight = modulate_weight(image, local_logits, on_weight, (self.out_channels, k, self.in_channels), local_act=self.ksm_local_act, in_place=plan.in_place)
+            weight = modulate_weight(image, local_logits, on_weight, self.kernel_size, local_act=self.ksm_local_act, in_place=plan.in_place)
         if not torch.is_autocast_enabled(x.device.type):
             weight = weight.to(x.dtype)
         return per_sample_conv(x, weight, self, plan.method, on_features)
@@ -317,12 +316,10 @@ class FDConv(nn.Module):
     def _static_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution with the stored (neutral-attention) weight, for an empty batch: it has no per-sample
         weights, and its output keeps the right shape and stays connected to the parameters."""
-        k = self.kernel_size[0]
-        image = self.spectral_weight(None)[0]  # (Cout*k, Cin*k)
-        weight = image.view(self.out_channels, k, self.in_channels, k).transpose(1, 2).to(x.dtype)
+        weight = image_to_conv_weight(self.spectral_weight(None)[0], self.in_channels, self.kernel_size).to(x.dtype)
         if self.token_layout:
             return F.linear(x, weight.reshape(self.out_channels, self.in_channels), self.bias)
-        return conv2d(x, weight, self, 1, self.bias)
+        return conv_nd(x, weight, self, 1, self.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         if self.use_fdconv and prefix + "weight" in state_dict and prefix + "dft_weight" not in state_dict:
@@ -331,8 +328,8 @@ class FDConv(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        s += f", padding={self.padding}" if self.padding not in ((0, 0), "valid") else ""
-        s += f", dilation={self.dilation}" if self.dilation != (1, 1) else ""
+        s += f", padding={self.padding}" if self.padding not in ((0,) * self.spatial_dims, "valid") else ""
+        s += f", dilation={self.dilation}" if self.dilation != (1,) * self.spatial_dims else ""
         s += f", groups={self.groups}" if self.groups != 1 else ""
         s += ", bias=False" if self.bias is None else ""
         s += f", padding_mode={self.padding_mode!r}" if self.padding_mode != "zeros" else ""

@@ -1,15 +1,18 @@
 """Fourier Disjoint Weight (FDW): the kernel stored as its 2-D spectrum, cut into disjoint frequency groups.
 
-A (Cout, Cin, k, k) kernel is laid out as the (Cout*k, Cin*k) "weight image" (row o*k+u, column i*k+v holds
-kernel entry (o, i, u, v)), transformed with ``rfft2``, stored as (real, imag) pairs and divided by
-``min(Cout, Cin) // 2`` (the official ``alpha`` scaling, undone at run time). With ``param_ratio = P`` copies,
-each copy holds 1/P of the spectrum so that the neutral layer equals the source conv (the official converter
-repeats the full spectrum, giving P times the weight). Per sample, each group's bins are scaled by that
-sample's group attention and the image is transformed back.
+A (Cout, Cin, k1, ..., kn) kernel is laid out as the (Cout*k1, Cin*k2*...*kn) "weight image": rows (o, u1),
+columns (i, u2, ..., un), so a square 2-D kernel gives the official (Cout*k, Cin*k) image (row o*k+u, column i*k+v
+holds kernel entry (o, i, u, v)), a 1-D one (Cout*k, Cin). The image is transformed with ``rfft2``, stored as
+(real, imag) pairs and divided by ``min(Cout, Cin) // 2`` (the official ``alpha`` scaling, undone at run time).
+With ``param_ratio = P`` copies, each copy holds 1/P of the spectrum so that the neutral layer equals the source
+conv (the official converter repeats the full spectrum, giving P times the weight). Per sample, each group's
+bins are scaled by that sample's group attention and the image is transformed back.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -17,45 +20,62 @@ import torch
 from .execution import Workspace, into
 from .inverse_fft import inverse_weight_planes, inverse_weight_spectrum
 
-__all__ = ["WeightSpectrum", "conv_weight_to_spectrum", "spectrum_to_conv_weight", "static_spectrum", "weight_image"]
+__all__ = [
+    "WeightSpectrum",
+    "conv_weight_to_spectrum",
+    "image_shape",
+    "image_to_conv_weight",
+    "spectrum_to_conv_weight",
+    "static_spectrum",
+    "weight_image",
+]
 
 
-def _as_conv_weight(weight: torch.Tensor) -> torch.Tensor:
-    if weight.dim() == 2:  # nn.Linear (out, in): a 1x1 convolution
-        return weight[:, :, None, None]
-    if weight.dim() != 4 or weight.shape[-1] != weight.shape[-2]:
-        raise ValueError(f"expected a (Cout, Cin, k, k) conv or (out, in) linear weight with a square kernel, got shape {tuple(weight.shape)}")
-    return weight
+def image_shape(out_channels: int, in_channels: int, kernel_size: Sequence[int]) -> tuple[int, int]:
+    """(rows, cols) of the weight image of a (Cout, Cin, *kernel_size) kernel: (Cout*k1, Cin*k2*...*kn)."""
+    return out_channels * kernel_size[0], in_channels * math.prod(kernel_size[1:])
 
 
 def conv_weight_to_spectrum(weight: torch.Tensor, param_ratio: int = 1) -> torch.Tensor:
-    """``dft_weight`` (P, Cout*k, Cin*k//2+1, 2) of a conv weight (Cout, Cin, k, k) or linear weight (out, in).
+    """``dft_weight`` (P, rows, cols//2+1, 2) of a conv weight (Cout, Cin, k1, ..., kn) or linear weight (out, in)
+    (a 1x1 convolution), for the (rows, cols) weight image of :func:`image_shape`.
 
     Computed in float64 and returned in the weight's dtype, so the round trip is exact to float32 rounding.
     """
-    w = _as_conv_weight(weight)
-    cout, cin, k, _ = w.shape
-    image = w.double().permute(0, 2, 1, 3).reshape(cout * k, cin * k)
+    if weight.dim() < 2 or weight.dim() > 5:
+        raise ValueError(f"expected a (Cout, Cin, *kernel) conv weight with 1 to 3 kernel axes or an (out, in) linear weight, got shape {tuple(weight.shape)}")
+    w = weight[:, :, None, None] if weight.dim() == 2 else weight
+    cout, cin, *kernel = w.shape
+    image = w.double().movedim(2, 1).reshape(image_shape(cout, cin, kernel))
     spectrum = torch.view_as_real(torch.fft.rfft2(image)) / (min(cout, cin) // 2) / param_ratio
     return spectrum.to(weight.dtype).unsqueeze(0).repeat(param_ratio, 1, 1, 1)
 
 
-def spectrum_to_conv_weight(dft_weight: torch.Tensor, in_channels: int, kernel_size: int = 1) -> torch.Tensor:
-    """Inverse of :func:`conv_weight_to_spectrum`: the static conv weight (Cout, Cin, k, k) an FDConv holds.
+def image_to_conv_weight(image: torch.Tensor, in_channels: int, kernel_size: Sequence[int]) -> torch.Tensor:
+    """The (..., Cout, Cin, *kernel_size) kernel of (..., Cout*k1, Cin*k2*...*kn) weight images."""
+    lead, (rows, _) = image.shape[:-2], image.shape[-2:]
+    cout = rows // kernel_size[0]
+    kernel = image.reshape(*lead, cout, kernel_size[0], in_channels, *kernel_size[1:])
+    return kernel.transpose(len(lead) + 1, len(lead) + 2)
+
+
+def spectrum_to_conv_weight(dft_weight: torch.Tensor, in_channels: int, kernel_size: int | Sequence[int] = 1) -> torch.Tensor:
+    """Inverse of :func:`conv_weight_to_spectrum`: the static conv weight (Cout, Cin, *kernel_size) an FDConv
+    holds (an int ``kernel_size`` is a square 2-D kernel).
 
     Sums the P copies, so for an official ``param_ratio > 1`` checkpoint this is the weight the layer
     uses at neutral attention.
     """
     if dft_weight.dim() != 4 or dft_weight.shape[-1] != 2:
-        raise ValueError(f"expected a dft_weight of shape (P, Cout*k, Cin*k//2+1, 2), got {tuple(dft_weight.shape)}")
-    k = kernel_size
-    rows, cols = dft_weight.shape[1], in_channels * k
-    if rows % k or dft_weight.shape[2] != cols // 2 + 1:
-        raise ValueError(f"dft_weight of shape {tuple(dft_weight.shape)} does not fit in_channels={in_channels}, kernel_size={k}")
-    cout = rows // k
+        raise ValueError(f"expected a dft_weight of shape (P, rows, cols//2+1, 2), got {tuple(dft_weight.shape)}")
+    kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    rows, cols = dft_weight.shape[1], in_channels * math.prod(kernel[1:])
+    if rows % kernel[0] or dft_weight.shape[2] != cols // 2 + 1:
+        raise ValueError(f"dft_weight of shape {tuple(dft_weight.shape)} does not fit in_channels={in_channels}, kernel_size={kernel_size}")
+    cout = rows // kernel[0]
     spectrum = dft_weight.double().sum(0) * (min(cout, in_channels) // 2)  # a fresh tensor
     image = inverse_weight_spectrum(spectrum, cols, exportable=False, in_place=True)
-    return image.view(cout, k, in_channels, k).transpose(1, 2).to(dft_weight.dtype)
+    return image_to_conv_weight(image, in_channels, kernel).to(dft_weight.dtype)
 
 
 class WeightSpectrum(NamedTuple):
@@ -89,7 +109,7 @@ def weight_image(
     exportable: bool = False,
     in_place: bool = False,
 ) -> torch.Tensor:
-    """Per-sample weight images (B, Cout*k, Cin*k): every bin times ``scale`` and its group's attention.
+    """Per-sample weight images (B, rows, cols): every bin times ``scale`` and its group's attention.
 
     ``group_attention`` (B, KN*P) or None for a single group (the constant attention 1/(KN*P), one image for
     the batch). ``in_place`` (no autograd) lets the inverse transform write into the fresh planes.

@@ -2,12 +2,14 @@
 
 A global branch maps the pooled input descriptor to channel, filter, spatial and frequency-group attentions;
 a local branch (an ECA-style 1-D convolution across input channels) gives one logit per kernel element. The
-products are applied in the weight-image layout, rows (o, u) by columns (i, v), in which the weight is made.
+products are applied in the weight-image layout, rows (o, u1) by columns (i, u2...un), in which the weight is
+made. Kernels of any rank: the spatial attention covers all prod(kernel_size) taps.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -32,7 +34,7 @@ class KernelAttentions(NamedTuple):
 
     channel: torch.Tensor | None  # (B, Cin)
     filter: torch.Tensor | None  # (B, Cout)
-    spatial: torch.Tensor | None  # (B, k*k)
+    spatial: torch.Tensor | None  # (B, prod(kernel_size))
     group: torch.Tensor | None  # (B, kernel_num * param_ratio)
 
     def rows(self, sl: slice) -> KernelAttentions:
@@ -65,7 +67,7 @@ class KernelSpatialModulationGlobal(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int,
+        kernel_size: int | Sequence[int],
         attention_channels: int,
         kernel_num: int,
         *,
@@ -79,7 +81,7 @@ class KernelSpatialModulationGlobal(nn.Module):
     ) -> None:
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.kernel_size = kernel_size
+        self.kernel_size = _kernel_tuple(kernel_size)
         self.kernel_num = kernel_num
         self.temp = temp
         self.kernel_temp = kernel_temp
@@ -91,8 +93,8 @@ class KernelSpatialModulationGlobal(nn.Module):
         if not only_kernel_att:
             self.channel_fc = nn.Conv2d(attention_channels, in_channels, 1, **dd)
             self.filter_fc = nn.Conv2d(attention_channels, out_channels, 1, **dd)
-            if kernel_size > 1:
-                self.spatial_fc = nn.Conv2d(attention_channels, kernel_size * kernel_size, 1, **dd)
+            if math.prod(self.kernel_size) > 1:
+                self.spatial_fc = nn.Conv2d(attention_channels, math.prod(self.kernel_size), 1, **dd)
         if kernel_num > 1:
             self.kernel_fc = nn.Conv2d(attention_channels, kernel_num, 1, **dd)
         self.reset_parameters()
@@ -127,7 +129,7 @@ class KernelSpatialModulationGlobal(nn.Module):
         return None if conv is None else F.linear(h, conv.weight.flatten(1), conv.bias) / temp
 
     def forward(self, pooled: torch.Tensor) -> KernelAttentions:
-        """(B, Cin) descriptor -> channel (B, Cin), filter (B, Cout), spatial (B, k*k), group (B, KN) attentions."""
+        """(B, Cin) descriptor -> channel (B, Cin), filter (B, Cout), spatial (B, prod(k)), group (B, KN) attentions."""
         h = self.relu(self._normalize(F.linear(pooled, self.fc.weight.flatten(1))))
         neutral = self.att_multi / 2 if self.act == "sigmoid" else 1.0  # the official tanh form ignores att_multi
         channel, filt, spatial = (
@@ -143,12 +145,13 @@ class KernelSpatialModulationGlobal(nn.Module):
 class KernelSpatialModulationLocal(nn.Module):
     """Local branch of Kernel Spatial Modulation: an ECA-style 1-D conv across input channels.
 
-    Produces one logit per weight element: ``out_n = Cout * k * k`` outputs for each of the Cin channels.
+    Produces one logit per weight element: ``out_n = Cout * prod(kernel_size)`` outputs for each of the Cin
+    channels (an int ``kernel_size`` is a square 2-D kernel).
     """
 
-    def __init__(self, in_channels: int, out_n: int, kernel_size: int = 1, device=None, dtype=None) -> None:
+    def __init__(self, in_channels: int, out_n: int, kernel_size: int | Sequence[int] = 1, device=None, dtype=None) -> None:
         super().__init__()
-        self.kernel_size = kernel_size
+        self.kernel_size = _kernel_tuple(kernel_size)
         kernel = round(math.log2(in_channels) / 2 + 0.5) // 2 * 2 + 1
         self.conv = nn.Conv1d(1, out_n, kernel_size=kernel, padding=(kernel - 1) // 2, bias=False, device=device, dtype=dtype)
         self.norm = nn.LayerNorm(in_channels, device=device, dtype=dtype)
@@ -159,28 +162,34 @@ class KernelSpatialModulationLocal(nn.Module):
         self.norm.reset_parameters()
 
     def forward(self, pooled: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
-        """(B, Cin) descriptor -> logits in the weight-image layout (B, Cout*k, Cin*k) (into ``workspace``).
+        """(B, Cin) descriptor -> logits in the weight-image layout (B, Cout*k1, Cin*c) (into ``workspace``),
+        with c = k2*...*kn the columns of each input channel.
 
-        Entry ``[b, o*k+u, i*k+v]`` is the logit of kernel element ``(o, i, u, v)``: the layout of the weight
-        image the inverse FFT produces, so the weight-sized products that follow run on contiguous tensors.
-        The official 1-input-channel ``Conv1d`` over the Cin sequence becomes one matrix product, taps
-        (Cout*k, taps*k) times the sliding windows spread over each channel's k columns (taps*k, Cin*k): k
-        times the Conv1d's multiply-adds, but one large GEMM that writes this layout directly.
+        Entry ``[b, o*k+u, i*k+v]`` of a square 2-D layer is the logit of kernel element ``(o, i, u, v)``: the
+        layout of the weight image the inverse FFT produces, so the weight-sized products that follow run on
+        contiguous tensors. The official 1-input-channel ``Conv1d`` over the Cin sequence becomes one matrix
+        product, taps (Cout*k1, taps*c) times the sliding windows spread over each channel's c columns
+        (taps*c, Cin*c): c times the Conv1d's multiply-adds, but one large GEMM that writes this layout directly.
         """
         z = self.norm(pooled.to(self.conv.weight.dtype))  # callers run this outside autocast
-        taps, pad, k = self.conv.kernel_size[0], self.conv.padding[0], self.kernel_size
+        taps, pad = self.conv.kernel_size[0], self.conv.padding[0]
+        k, c = self.kernel_size[0], math.prod(self.kernel_size[1:])
         windows = F.pad(z, (pad, pad)).unfold(1, taps, 1).transpose(1, 2)  # (B, taps, Cin)
-        eye = torch.eye(k, dtype=z.dtype, device=z.device)
-        spread = (windows[:, :, None, :, None] * eye[:, None, :]).flatten(3).flatten(1, 2)  # (B, taps*k, Cin*k)
-        weight = self.conv.weight.view(-1, k, k, taps).transpose(2, 3).reshape(-1, taps * k)  # (Cout*k, taps*k)
+        eye = torch.eye(c, dtype=z.dtype, device=z.device)
+        spread = (windows[:, :, None, :, None] * eye[:, None, :]).flatten(3).flatten(1, 2)  # (B, taps*c, Cin*c)
+        weight = self.conv.weight.view(-1, k, c, taps).transpose(2, 3).reshape(-1, taps * c)  # (Cout*k1, taps*c)
         return into(workspace, "local_logits", torch.matmul, weight, spread)
 
 
-def tap_factor(spatial: torch.Tensor | None, channel: torch.Tensor | None, kernel_size: int, in_channels: int, dtype: torch.dtype) -> torch.Tensor | None:
+def _kernel_tuple(kernel_size: int | Sequence[int]) -> tuple[int, ...]:
+    return (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+
+
+def tap_factor(spatial: torch.Tensor | None, channel: torch.Tensor | None, kernel_size: Sequence[int], in_channels: int, dtype: torch.dtype) -> torch.Tensor | None:
     """The spatial and channel attentions merged into one factor over the kernel taps in the weight image's
-    (u, i, v) order: (B, k or 1, Cin or 1, k or 1), or None without either."""
+    (u1, i, u2...un) order: (B, k1 or 1, Cin or 1, k2*...*kn or 1), or None without either."""
     factor = None
-    for att, shape in ((spatial, (kernel_size, 1, kernel_size)), (channel, (1, in_channels, 1))):
+    for att, shape in ((spatial, (kernel_size[0], 1, math.prod(kernel_size[1:]))), (channel, (1, in_channels, 1))):
         if att is not None:
             att = att.to(dtype).view(att.shape[0], *shape)
             factor = att if factor is None else factor * att
@@ -191,31 +200,32 @@ def modulate_weight(
     image: torch.Tensor,
     local_logits: torch.Tensor | None,
     attentions: KernelAttentions,
-    kernel_shape: tuple[int, int, int],
+    kernel_size: Sequence[int],
     *,
     local_act: str,
     in_place: bool,
 ) -> torch.Tensor:
-    """Per-sample kernel in the weight-image layout (B, Cout, k, Cin, k), ``kernel_shape`` = (Cout, k, Cin):
-    ``image`` times the local attention and the spatial, channel and filter attentions of ``attentions``
-    (None entries are skipped; the group attention is already in the image).
+    """Per-sample kernel in the weight-image layout (B, Cout, k1, Cin, k2*...*kn): ``image`` (B, rows, cols) times
+    the local attention and the spatial, channel and filter attentions of ``attentions`` (None entries are
+    skipped; the group attention is already in the image).
 
     The small factors are merged first: one activation, one product with the image and at most two broadcast
     products, all on contiguous tensors of one layout. ``in_place`` overwrites ``image`` and ``local_logits``.
     """
-    cout, k, cin = kernel_shape
-    b, dtype = image.shape[0], image.dtype
-    taps = tap_factor(attentions.spatial, attentions.channel, k, cin, dtype)
-    columns = None if taps is None else taps[:, None]  # (B, 1, k or 1, Cin or 1, k or 1)
-    rows = None if attentions.filter is None else attentions.filter.to(dtype).view(b, cout, 1, 1, 1)
-    weight = image.view(b, cout, k, cin, k)
+    b, rows, cols = image.shape
+    k, c = kernel_size[0], math.prod(kernel_size[1:])
+    cout, cin, dtype = rows // k, cols // c, image.dtype
+    taps = tap_factor(attentions.spatial, attentions.channel, kernel_size, cin, dtype)
+    columns = None if taps is None else taps[:, None]  # (B, 1, k1 or 1, Cin or 1, c or 1)
+    rows_factor = None if attentions.filter is None else attentions.filter.to(dtype).view(b, cout, 1, 1, 1)
+    weight = image.view(b, cout, k, cin, c)
     if local_logits is not None:
         # The sigmoid's factor (att_multi) is already in the image: here the local attention is sigmoid(z) alone.
         neutral = 0.5 if local_act == "sigmoid" else 1.0
-        logits = local_logits.to(dtype).view(b, cout, k, cin, k)
+        logits = local_logits.to(dtype).view(b, cout, k, cin, c)
         local = bounded_attention(logits, local_act, neutral, in_place=in_place)
         weight = local.mul_(weight) if in_place else local * weight
-    for factor in (columns, rows):
+    for factor in (columns, rows_factor):
         if factor is not None:
             weight = weight.mul_(factor) if in_place else weight * factor
     return weight

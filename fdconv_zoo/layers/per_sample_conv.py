@@ -1,17 +1,20 @@
 """Per-sample convolution: sample b of the input convolved with its own kernel, in three formulations.
 
-All take the kernel in the weight-image layout it is generated in, (B, Cout, k, Cin, k), and compute the same
-sums (:class:`~.execution.ConvMethod` says which runs where). im2col can also apply separable attentions to the
-unfolded input and the output instead of the kernel: the same products on tensors several times smaller in
-deep layers.
+All take the kernel in the weight-image layout it is generated in, (B, Cout, k1, Cin, k2*...*kn), and compute
+the same sums (:class:`~.execution.ConvMethod` says which runs where), for 1 to 3 spatial dimensions. im2col can
+also apply separable attentions to the unfolded input and the output instead of the kernel: the same products
+on tensors several times smaller in deep layers.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import torch
 import torch.nn.functional as F
 
-from .conv_geometry import ConvGeometry, conv2d, output_size, pad_explicitly
+from .conv_geometry import ConvGeometry, conv_nd, output_size, pad_explicitly
 from .execution import ConvMethod
 from .kernel_modulation import KernelAttentions, tap_factor
 
@@ -27,7 +30,7 @@ def per_sample_conv(
     method: ConvMethod,
     attentions: KernelAttentions = _NO_ATTENTIONS,
 ) -> torch.Tensor:
-    """``x`` (B, Cin, H, W) -> (B, Cout, H', W'), or (B, N, Cin) -> (B, N, Cout) for ``ConvMethod.MATMUL``.
+    """``x`` (B, Cin, *spatial) -> (B, Cout, *spatial'), or (B, N, Cin) -> (B, N, Cout) for ``ConvMethod.MATMUL``.
 
     ``attentions`` (spatial, channel, filter) scale the kernel on the fly; only im2col takes them.
     """
@@ -38,22 +41,42 @@ def per_sample_conv(
     b, cout = weight.shape[:2]
     if method is ConvMethod.MATMUL:
         return torch.bmm(x, weight.reshape(b, cout, weight.shape[3]).transpose(1, 2))
-    k, cin = weight.shape[2], weight.shape[3]
-    kernel = weight.permute(0, 1, 3, 2, 4).reshape(b * cout, cin, k, k)
-    y = conv2d(x.reshape(1, b * cin, *x.shape[-2:]), kernel, geometry, groups=b)
-    return y.view(b, cout, *y.shape[-2:])
+    cin, spatial = weight.shape[3], x.shape[2:]
+    kernel = weight.permute(0, 1, 3, 2, 4).reshape(b * cout, cin, *geometry.kernel_size)
+    y = conv_nd(x.reshape(1, b * cin, *spatial), kernel, geometry, groups=b)
+    return y.view(b, cout, *y.shape[2:])
+
+
+def _unfold(x: torch.Tensor, geometry: ConvGeometry, out_size: tuple[int, ...]) -> torch.Tensor:
+    """(B, Cin, *spatial) -> (B, k1, Cin, k2*...*kn, L): the input under every kernel tap, in the weight
+    image's (u1, i, u2...un) order. ``F.unfold`` for 2-D maps; strided slices (one per tap: exportable with a
+    symbolic batch) for 1-D and 3-D ones."""
+    b, cin = x.shape[:2]
+    kernel = geometry.kernel_size
+    x, padding = pad_explicitly(x, geometry)
+    if len(kernel) == 2:
+        columns = F.unfold(x, kernel, geometry.dilation, padding, geometry.stride)  # (B, Cin*k*k, L), (i, u, v)
+        return columns.view(b, cin, kernel[0], kernel[1], math.prod(out_size)).transpose(1, 2).contiguous()
+    x = F.pad(x, [p for p in reversed(padding) for _ in range(2)]) if any(padding) else x
+    taps = []
+    for offsets in itertools.product(*(range(k) for k in kernel)):
+        window = tuple(
+            slice(u * d, u * d + s * (n - 1) + 1, s) for u, d, s, n in zip(offsets, geometry.dilation, geometry.stride, out_size)
+        )
+        taps.append(x[(slice(None), slice(None), *window)])
+    columns = torch.stack(taps, 1).reshape(b, kernel[0], math.prod(kernel[1:]), cin, math.prod(out_size))
+    return columns.transpose(2, 3).contiguous()
 
 
 def _im2col(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, attentions: KernelAttentions) -> torch.Tensor:
-    b, cout, k, cin = weight.shape[:4]
-    h_out, w_out = output_size(x.shape[-2:], geometry)
-    x, padding = pad_explicitly(x, geometry)
-    columns = F.unfold(x, geometry.kernel_size, geometry.dilation, padding, geometry.stride)  # (B, Cin*k*k, L), (i, u, v)
-    columns = columns.view(b, cin, k, k, h_out * w_out).transpose(1, 2).contiguous()  # (B, k, Cin, k, L): the image's (u, i, v)
-    taps = tap_factor(attentions.spatial, attentions.channel, k, cin, columns.dtype)
+    b, cout, k, cin, c = weight.shape
+    out_size = output_size(x.shape[2:], geometry)
+    columns = _unfold(x, geometry, out_size)  # (B, k1, Cin, c, L)
+    taps = tap_factor(attentions.spatial, attentions.channel, geometry.kernel_size, cin, columns.dtype)
     if taps is not None:
         columns = columns * taps[..., None]
-    y = torch.bmm(weight.reshape(b, cout, k * cin * k), columns.view(b, k * cin * k, h_out * w_out))
+    positions = math.prod(out_size)
+    y = torch.bmm(weight.reshape(b, cout, k * cin * c), columns.view(b, k * cin * c, positions))
     if attentions.filter is not None:
         y = y * attentions.filter.to(y.dtype).view(b, cout, 1)
-    return y.unflatten(2, (h_out, w_out))
+    return y.unflatten(2, out_size)

@@ -1,4 +1,4 @@
-"""FDConv layers made from plain ``nn.Conv2d`` / ``nn.Linear`` modules, computing exactly their function."""
+"""FDConv layers made from plain ``nn.Conv1d/2d/3d`` / ``nn.Linear`` modules, computing exactly their function."""
 
 from __future__ import annotations
 
@@ -6,19 +6,25 @@ from typing import Any, TypeVar
 
 import torch.nn as nn
 
+from .conv_geometry import CONV_CLASSES
+
 __all__ = ["convert_plain_layer", "plain_layer_args", "plain_weight_error"]
 
 _Layer = TypeVar("_Layer", bound=nn.Module)
 _CONV_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
 
 
-def plain_layer_args(module: nn.Module) -> dict[str, Any]:
-    """The FDConv constructor arguments that reproduce ``module``'s geometry (``nn.Linear``: the token layout)."""
-    if isinstance(module, nn.Linear):
+def plain_layer_args(module: nn.Module, spatial_dims: int = 2, layer: str = "FDConv") -> dict[str, Any]:
+    """The arguments of an FDConv over ``spatial_dims`` axes that reproduce ``module``'s geometry: an
+    ``nn.Conv{n}d`` of the same rank, or (2-D) an ``nn.Linear``, which gives the token layout."""
+    conv_class = CONV_CLASSES[spatial_dims]
+    if spatial_dims == 2 and isinstance(module, nn.Linear):
         return dict(in_channels=module.in_features, out_channels=module.out_features, kernel_size=1, token_layout=True)
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, conv_class):
         return {name: getattr(module, name) for name in _CONV_ARGS}
-    raise TypeError(f"FDConv.from_conv converts nn.Conv2d or nn.Linear modules, got {type(module).__name__}")
+    accepted = f"nn.{conv_class.__name__}" + (" or nn.Linear" if spatial_dims == 2 else "")
+    others = [f"{name} for nn.{c.__name__}" for n, c, name in ((1, nn.Conv1d, "FDConv1d"), (2, nn.Conv2d, "FDConv"), (3, nn.Conv3d, "FDConv3d")) if isinstance(module, c)]
+    raise TypeError(f"{layer}.from_conv converts {accepted} modules, got {type(module).__name__}" + (f" (use {others[0]})" if others else ""))
 
 
 def convert_plain_layer(cls: type[_Layer], module: nn.Module, **fdconv_kwargs: Any) -> _Layer:
@@ -26,7 +32,7 @@ def convert_plain_layer(cls: type[_Layer], module: nn.Module, **fdconv_kwargs: A
 
     Parameters keep the source's device, dtype and ``requires_grad``; the training mode is copied too.
     """
-    conv_args = plain_layer_args(module)
+    conv_args = plain_layer_args(module, cls.spatial_dims, cls.__name__)
     # Built on "meta" and materialised once: the default weight would be drawn and converted for nothing.
     layer = cls(**conv_args, bias=module.bias is not None, **fdconv_kwargs, device="meta", dtype=module.weight.dtype)
     if layer.use_fdconv and layer.ksm_local_act == "sigmoid" and layer.att_multi != 2.0:
