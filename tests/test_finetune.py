@@ -15,7 +15,8 @@ from PIL import Image
 import fdconv_zoo  # noqa: F401
 from fdconv_testing import relative_error
 from fdconv_zoo.cli import main
-from fdconv_zoo.finetune import FinetuneInputError, _image_transforms, finetune_classification, load_image_classification_dataset, to_model_image
+from fdconv_zoo.finetune import FinetuneInputError, finetune_classification, load_image_classification_dataset, to_model_image
+from fdconv_zoo.finetune.classification import _image_transforms
 
 TINY = dict(layers=(1, 1, 1, 1), channels=(32, 64, 96, 128))
 

@@ -20,18 +20,17 @@ import fdconv_zoo  # noqa: F401
 from fdconv_testing import relative_error
 from fdconv_zoo import FDConv
 from fdconv_zoo.cli import main
-from fdconv_zoo.finetune import FinetuneInputError
-from fdconv_zoo.finetune_segmentation import (
+from fdconv_zoo.finetune import (
+    FinetuneInputError,
     SegmentationMetrics,
-    _load_config,
-    _load_model,
-    _transform,
     confusion_matrix,
     finetune_segmentation,
     load_semantic_segmentation_dataset,
     mask_label_counts,
     segmentation_metrics,
 )
+from fdconv_zoo.finetune.segmentation import _transform
+from fdconv_zoo.finetune.segmentation_model import load_config, load_model
 from fdconv_zoo.transformers_models.segformer import FDConvSegformerConfig, FDConvSegformerForSemanticSegmentation
 
 SIZE = 32
@@ -229,7 +228,7 @@ def test_native_upernet_backbone_is_converted_to_fdconv(tmp_path):
     torch.manual_seed(0)
     native = UperNetForSemanticSegmentation(config).eval()
     native.save_pretrained(tmp_path / "native")
-    model = _load_model(str(tmp_path / "native"), _load_config(str(tmp_path / "native")), NAMES).eval()
+    model = load_model(str(tmp_path / "native"), load_config(str(tmp_path / "native")), NAMES).eval()
     assert type(model.backbone) is FDConvConvNextBackbone and model.config.loss_ignore_index == 255
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -242,7 +241,7 @@ def test_models_that_cannot_be_fine_tuned_name_the_fix(tmp_path):
     from transformers import ResNetConfig, ResNetForImageClassification
 
     with pytest.raises(FinetuneInputError, match="there is no model folder .*save_pretrained"):
-        _load_config(str(tmp_path / "missing"))
+        load_config(str(tmp_path / "missing"))
     ResNetForImageClassification(ResNetConfig(hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], embedding_size=8)).save_pretrained(tmp_path / "resnet")
     with pytest.raises(FinetuneInputError, match="'resnet' model, not a semantic-segmentation model.*SegFormer"):
-        _load_config(str(tmp_path / "resnet"))
+        load_config(str(tmp_path / "resnet"))

@@ -1,0 +1,28 @@
+"""Where a fine-tuning dataset comes from, for both tasks: a ``save_to_disk`` folder or a Hub name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import FinetuneInputError
+
+__all__ = ["is_saved_dataset", "load_hub_dataset"]
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def load_hub_dataset(name: str, local_forms: str) -> Any:
+    """``load_dataset(name)``, with a message naming what ``--dataset`` takes when there is no such dataset."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name)
+    except (FileNotFoundError, ConnectionError) as error:  # DatasetNotFoundError is a FileNotFoundError
+        raise FinetuneInputError(
+            f"cannot load dataset {name!r} ({error}); --dataset takes {local_forms}, or a Hub dataset name "
+            "(offline: one already in the datasets cache)"
+        ) from None
