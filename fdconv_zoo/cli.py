@@ -59,61 +59,33 @@ def _check_conversion(args: argparse.Namespace) -> int:
     return 0 if worst <= 1e-5 else 1
 
 
-_DEMO_MODEL_KWARGS = dict(layers=(1, 1, 1, 1), channels=(32, 64, 96, 128))  # a narrow ResNet-18: minutes on 2 CPU cores
-
-
 def _demo(args: argparse.Namespace) -> int:
-    """The main job: fine-tune an FDConv ResNet and its plain counterpart the same way on scikit-learn's digits,
-    then draw the FDConv pictures and export the FDConv model to ONNX (checked with onnxruntime)."""
-    from .export import ONNX_TOLERANCE
-    from .finetune import finetune_classification
+    from .demo import run_demo
 
-    run_dir = Path(args.output_dir) / time.strftime("%Y%m%d-%H%M%S")  # a new folder per run: never overwrites
-    _logger.info(
-        "Fine-tuning resnet18_fdconv and resnet18 (1 block per stage, widths 32-128, from scratch) on scikit-learn's\n"
-        "8x8 digits resized to 32x32: %s epochs, batch 32, HF Trainer, CPU. Output: %s\n", args.epochs, run_dir
-    )
-    results = []
-    for name in ("resnet18_fdconv", "resnet18"):
-        _logger.info("== %s", name)
-        results.append(finetune_classification(
-            name, "digits", run_dir / name, epochs=args.epochs, batch_size=32, learning_rate=2e-3, image_size=32,
-            seed=args.seed, model_kwargs=_DEMO_MODEL_KWARGS,
-        ))
-    header = f"{'model':18} {'parameters':>10} {'accuracy':>9} {'train s':>8}  saved to"
-    _logger.info("\n%s\n%s", header, "-" * (len(header) + 30))
-    for r in results:
-        _logger.info(f"{r.model_name:18} {r.parameters:>10,} {r.accuracy:>9.4f} {r.train_seconds:>8.0f}  {r.saved_to}")
-    fdconv_model = results[0].model.timm_model.eval()
-    figures = _demo_figures(fdconv_model, run_dir / "figures")
-    onnx_path, onnx_error = _demo_export(fdconv_model, run_dir / "resnet18_fdconv.onnx")
-    _logger.info("\nFigures: %s", ", ".join(str(p) for p in figures))
-    _logger.info("ONNX: %s (onnxruntime vs PyTorch at batch 1 and 3: max relative error %.1e)", onnx_path, onnx_error)
-    _logger.info("Load a result with: import fdconv_zoo, timm; timm.create_model('local-dir:%s', pretrained=True)", results[0].saved_to)
-    return 0 if onnx_error <= ONNX_TOLERANCE else 1
+    return run_demo(args.output_dir, pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, seed=args.seed)
 
 
-def _demo_figures(model: nn.Module, out_dir: Path) -> list[Path]:
-    """The paper's pictures for the trained model: group spectra and their orthogonality, FBM maps of a digit."""
-    import timm.data
-    from PIL import Image
+def _profile(args: argparse.Namespace) -> int:
+    """Parameters, FLOPs and (``--time``) eval latency of a timm FDConv model against its base model."""
+    import timm
 
-    from .finetune import load_image_classification_dataset
-    from .viz import save_demo_figures
+    from . import timm_models  # noqa: F401  (registers the FDConv architectures)
+    from .profiling import format_profile, profile_models
 
-    digit = load_image_classification_dataset("digits", seed=0)["test"][0]["image"]
-    config = timm.data.resolve_data_config({"input_size": (3, 32, 32), "crop_pct": 1.0}, model=model)  # as trained
-    image = timm.data.create_transform(**config)(digit.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC))
-    return save_demo_figures(model, image, out_dir)
-
-
-def _demo_export(model: nn.Module, path: Path) -> tuple[Path, float]:
-    """Export the trained FDConv model to ONNX (dynamic batch) and check onnxruntime against PyTorch."""
-    from .export import export_onnx, verify_onnx
-
-    _logger.info("\nExporting %s to ONNX ...", path.name)
-    export_onnx(model, path, input_size=(3, 32, 32))
-    return path, verify_onnx(path, model, batch_sizes=(1, 3))
+    arch, dot, tag = args.model.partition(".")
+    fdconv_models = ", ".join(timm.list_models("*_fdconv"))
+    if not arch.endswith("_fdconv") or not timm.is_model(arch):
+        _logger.error("error: %r is not a timm FDConv model; profile takes one of: %s", args.model, fdconv_models)
+        return 2
+    base_name = arch.removesuffix("_fdconv") + dot + tag
+    model_kwargs = {k: _literal(v) for k, v in (kv.split("=", 1) for kv in args.model_arg)}
+    fdconv = timm.create_model(args.model, pretrained=False, **model_kwargs)
+    base = timm.create_model(base_name, pretrained=False, **model_kwargs)
+    input_size = tuple(args.input_size) if args.input_size else tuple(fdconv.pretrained_cfg["input_size"])
+    profiles = profile_models({base_name: base, args.model: fdconv}, input_size, args.batch, timed=args.time, repeats=args.repeats)
+    _logger.info("%s and %s, random init (the weights do not change the cost)", base_name, args.model)
+    _logger.info(format_profile(*profiles, input_size, args.batch, repeats=args.repeats))
+    return 0
 
 
 def _bad_input_exits(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -147,7 +119,7 @@ def _finetune(args: argparse.Namespace) -> int:
 def _finetune_segmentation(args: argparse.Namespace) -> int:
     import json
 
-    from .finetune_segmentation import finetune_segmentation
+    from .finetune import finetune_segmentation
 
     id2label = None
     if args.id2label is not None:  # a JSON file, or the JSON object itself
@@ -197,11 +169,20 @@ def _export_onnx(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fdconv-zoo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="fine-tune an FDConv ResNet and its plain counterpart on built-in digits (offline)")
-    demo.add_argument("--epochs", type=float, default=3)
+    demo = sub.add_parser("demo", help="pretrained plain ResNet -> exact FDConv conversion -> fine-tune both, on built-in digits (offline)")
+    demo.add_argument("--pretrain-epochs", type=float, default=3, help="epochs of the plain model that stands in for pretrained weights")
+    demo.add_argument("--epochs", type=float, default=2, help="fine-tuning epochs of each model")
     demo.add_argument("--output-dir", default="runs/demo", help="a new timestamped folder is made inside")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    profile = sub.add_parser("profile", help="parameters, GFLOPs and eval latency of a timm FDConv model against its base model")
+    profile.add_argument("model", help="timm FDConv architecture, e.g. resnet50_fdconv (its base: the name without _fdconv); random init")
+    profile.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="input size (default: the model's)")
+    profile.add_argument("--batch", type=int, default=1, help="batch size (default 1); FLOPs are for the whole batch")
+    profile.add_argument("--time", action="store_true", help="also measure eval latency, both models taking turns")
+    profile.add_argument("--repeats", type=int, default=10, help="timed forwards per model with --time (default 10; median)")
+    profile.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="extra timm.create_model keyword (both models)")
+    profile.set_defaults(func=_profile)
     check = sub.add_parser("check-conversion", help="convert plain layers to FDConv and verify the conversion is exact")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=_check_conversion)

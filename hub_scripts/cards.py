@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData
 
-if TYPE_CHECKING:
-    from .staging import StagedVariant
-    from .variants import Variant
+from .staged import StagedVariant
+from .variants import Variant
 
 __all__ = ["TEMPLATES", "render_card"]
 
@@ -45,8 +43,9 @@ def render_card(variant: Variant, staged: StagedVariant, *, org: str) -> ModelCa
         params_source=f"{staged.params_source / 1e6:.2f}",
         params_fdconv=f"{staged.params_fdconv / 1e6:.2f}",
         params_added=f"{(staged.params_fdconv - staged.params_source) / 1e6:.2f}",
-        gmacs_source=f"{staged.gmacs_source:.2f}",
-        gmacs_fdconv=f"{staged.gmacs_fdconv:.2f}",
+        gflops_source=f"{staged.gflops_source:.2f}",
+        gflops_fdconv=f"{staged.gflops_fdconv:.2f}",
+        gflops_added=f"{staged.gflops_fdconv - staged.gflops_source:.2f}",
         input_size="x".join(str(s) for s in staged.input_size[1:]),
         max_rel_error=f"{staged.max_rel_error:.1e}",
         tolerance=f"{staged.tolerance:.0e}",

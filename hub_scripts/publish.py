@@ -24,7 +24,8 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from tqdm.auto import tqdm
 
-from hub_scripts.staging import StagedVariant, VerificationError, stage_variant
+from hub_scripts.staged import StagedVariant
+from hub_scripts.staging import VerificationError, stage_variant
 from hub_scripts.upload import add_to_collection, upload_folder_if_changed
 from hub_scripts.variants import all_variants, get_variant
 
@@ -62,7 +63,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _summary(rows: list[tuple[str, str, str, str, str]]) -> str:
-    header = ("variant", "params M (source -> FDConv)", "GMACs", "max rel. error", "status")
+    header = ("variant", "params M (source -> FDConv)", "GFLOPs", "max rel. error", "status")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None, api: HfApi | None = None) -> int:
         rows.append((
             variant.name,
             f"{staged.params_source / 1e6:.2f} -> {staged.params_fdconv / 1e6:.2f}",
-            f"{staged.gmacs_source:.2f} -> {staged.gmacs_fdconv:.2f}",
+            f"{staged.gflops_source:.2f} -> {staged.gflops_fdconv:.2f}",
             f"{staged.max_rel_error:.1e}",
             status,
         ))

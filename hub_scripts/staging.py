@@ -8,13 +8,10 @@ Nothing is written unless verification passes; the folder appears atomically.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +19,14 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils.flop_counter import FlopCounterMode
 
 import fdconv_zoo
 
 from .cards import render_card
+from .staged import StagedVariant
 from .variants import Variant
 
-__all__ = ["StagedVariant", "VerificationError", "load_source_state_dict", "stage_variant"]
+__all__ = ["VerificationError", "load_source_state_dict", "stage_variant"]
 
 _logger = logging.getLogger(__name__)
 
@@ -40,24 +36,6 @@ PROBE_SEED = 0
 
 class VerificationError(RuntimeError):
     """The converted model does not compute its source model's function."""
-
-
-@dataclass
-class StagedVariant:
-    variant: str
-    repo_name: str
-    folder: str
-    source: str
-    max_rel_error: float
-    tolerance: float
-    input_size: tuple[int, int, int]
-    params_source: int
-    params_fdconv: int
-    gmacs_source: float
-    gmacs_fdconv: float
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
 
 
 def load_source_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -146,30 +124,6 @@ def verify(source: nn.Module, model: nn.Module, input_size: tuple[int, int, int]
     return error
 
 
-def _fft_flops(*shapes: Any, out_shape: Any = None, **_: Any) -> int:
-    """2.5 N log2 N real flops per real transform of N points (the usual radix-2 estimate)."""
-    in_shape, dims = shapes[0], shapes[1]
-    numel_out = math.prod(out_shape) if out_shape else math.prod(in_shape)
-    points = math.prod(max(in_shape[d], out_shape[d] if out_shape else 0) for d in dims)
-    return int(5 * max(math.prod(in_shape), numel_out) * math.log2(max(points, 2)) / 2)
-
-
-_FFT_FORMULAS = {
-    torch.ops.aten._fft_r2c: _fft_flops,
-    torch.ops.aten._fft_c2r: _fft_flops,
-    torch.ops.aten._fft_c2c: _fft_flops,
-}
-
-
-@torch.no_grad()
-def count_gmacs(model: nn.Module, input_size: tuple[int, int, int]) -> float:
-    """Multiply-accumulates (GMACs) of one image: convolutions, matrix products and FFTs."""
-    counter = FlopCounterMode(display=False, custom_mapping=_FFT_FORMULAS)
-    with FakeTensorMode(allow_non_fake_inputs=True), counter:  # shapes only: counts without computing
-        _logits(model.eval(), torch.zeros(1, *input_size))
-    return counter.get_total_flops() / 2e9
-
-
 # -------------------------------------------------------------------------------------------- staging
 def _stamp_safetensors(path: Path, metadata: dict[str, str]) -> None:
     """Add our provenance to the weights file's metadata (the loaders ignore unknown keys)."""
@@ -215,8 +169,8 @@ def stage_variant(
         input_size=input_size,
         params_source=fdconv_zoo.count_parameters(source),
         params_fdconv=fdconv_zoo.count_parameters(model),
-        gmacs_source=count_gmacs(source, input_size),
-        gmacs_fdconv=count_gmacs(model, input_size),
+        gflops_source=fdconv_zoo.count_flops(source, input_size).gflops,
+        gflops_fdconv=fdconv_zoo.count_flops(model, input_size).gflops,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{variant.repo_name}.", dir=out_dir))

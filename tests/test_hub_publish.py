@@ -22,6 +22,7 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch.utils.flop_counter import FlopCounterMode
 
 import fdconv_zoo  # noqa: F401
 from fdconv_testing import randomize_norms, relative_error
@@ -140,7 +141,22 @@ def test_card_parses_and_carries_the_metadata(published):
     text = card.text
     for section in ("## Verification", "## Usage", "import fdconv_zoo", f"hf-hub:{ORG}/{VARIANT}", "## Citation", "@inproceedings{chen2025fdconv", "## License"):
         assert section in text
-    assert "maximum relative error of" in text and "GMACs at 224x224" in text
+    assert "maximum relative error of" in text and "GFLOPs at 224x224" in text
+
+
+def test_card_cost_matches_flop_counter_mode(published):
+    """The card's source GFLOPs are torch's FlopCounterMode total on the plain model; the FDConv figure is
+    fdconv_zoo.count_flops, whose non-FDConv part is the same source count."""
+    row = next(line for line in ModelCard.load(published.folder / "README.md").text.splitlines() if line.startswith("| GFLOPs at"))
+    source_gflops, fdconv_gflops = (float(cell.split()[0]) for cell in row.strip("|").split("|")[1:3])
+    source = timm.create_model("resnet18").eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        source(torch.zeros(1, 3, 224, 224))
+    assert source_gflops == round(counter.get_total_flops() / 1e9, 2)
+    fdconv = fdconv_zoo.count_flops(timm.create_model("resnet18_fdconv"), (3, 224, 224))
+    assert fdconv_gflops == round(fdconv.gflops, 2) > source_gflops
+    assert fdconv.breakdown["convolution"] + fdconv.breakdown["rest"] == counter.get_total_flops()
 
 
 def test_upload_is_one_commit_then_collection(published):
