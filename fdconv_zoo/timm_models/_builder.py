@@ -17,8 +17,9 @@ the base model's checkpoint filter and feature cfg, and which base architectures
                                   block=Bottleneck, layers=(3, 4, 6, 3), **kwargs)
 
 Pretrained weights are the base model's own timm checkpoints, converted at load time
-(:func:`fdconv_filter_fn`); checkpoints saved from FDConv models (:func:`save_fdconv_for_hf`) load
-through the same filter unchanged.
+(:func:`fdconv_filter_fn`); checkpoints saved from FDConv models (:func:`save_fdconv_for_hf`) and the
+official mmdet/mmseg and converted checkpoints (``pretrained_cfg_overlay=dict(file=...)``) load through
+the same filter, which also refuses any load that would leave a backbone tensor unset.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, get_arch_pretrained_cfgs, save_for_hf
 
 from ..conversion import convert_state_dict
+from ..official_checkpoints import backbone_state_dict, check_fills_model
 from ..surgery import PAPER_FDCONV_KWARGS, convert_to_fdconv
 
 __all__ = [
@@ -115,28 +117,53 @@ def fdconv_model_cls(
     return build
 
 
-def fdconv_filter_fn(base_filter_fn: FilterFn | None = None) -> FilterFn:
-    """A ``pretrained_filter_fn``: the base model's own filter (if any), then the exact FDConv conversion.
+def fdconv_filter_fn(base_filter_fn: FilterFn | None = None, *, strict: bool = True, with_head: bool = True) -> FilterFn:
+    """A ``pretrained_filter_fn``: official checkpoints reduced to the backbone, the base model's own filter
+    (if any), the exact FDConv conversion, then (with ``strict``) the completeness check.
 
-    Plain checkpoints (the base model's timm weights) get ``weight`` -> ``dft_weight`` for every FDConv
-    layer and neutral attention parameters; already converted checkpoints pass through. A conv or
-    linear weight whose shape does not fit raises ``ValueError`` naming the key, the expected shape and
-    the checkpoint.
+    Detector and segmentor checkpoints (``backbone.`` keys, necks and heads) give their backbone; plain
+    checkpoints (the base model's timm weights, the official converted ResNets) get ``weight`` ->
+    ``dft_weight`` for every FDConv layer and neutral attention parameters; already converted checkpoints
+    pass through. timm loads ``features_only`` and re-headed models non-strictly, so the filter itself
+    refuses a checkpoint that leaves any backbone tensor unset or holds keys the model lacks, and one
+    without a classifier for a model that keeps the checkpoint's head (``with_head`` and the same
+    ``num_classes``; timm itself loads the head strictly). Errors are ``ValueError`` naming the checkpoint
+    and the model.
     """
 
     def filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        cfg = getattr(model, "pretrained_cfg", {})
+        names = dict(checkpoint_name=_checkpoint_name(cfg), model_name=cfg.get("architecture", type(model).__name__))
+        state_dict = backbone_state_dict(state_dict)
         if base_filter_fn is not None:
             state_dict = base_filter_fn(state_dict, model)
         try:
-            return convert_state_dict(state_dict, model)
+            converted = convert_state_dict(state_dict, model)
         except ValueError as e:
-            cfg = getattr(model, "pretrained_cfg", {})
             raise ValueError(
-                f"cannot load {_checkpoint_name(cfg)} into {cfg.get('architecture', type(model).__name__)}: {e}. "
+                f"cannot load {names['checkpoint_name']} into {names['model_name']}: {e}. "
                 "Is it a checkpoint of this architecture (same depth and widths)?"
             ) from e
+        if strict:
+            head = _classifier_prefixes(cfg)
+            check_fills_model(
+                converted, model, source=state_dict, optional_prefixes=head,
+                opt_out="pass pretrained_strict=False to timm.create_model", **names,
+            )
+            keeps_head = with_head and getattr(model, "num_classes", None) == cfg.get("num_classes")
+            if keeps_head and head and not any(key.startswith(head) for key in converted):
+                raise ValueError(
+                    f"{names['checkpoint_name']} has no classifier ({', '.join(p + '*' for p in head)}) for "
+                    f"{names['model_name']}: for its backbone, build the model with features_only=True or num_classes=0"
+                )
+        return converted
 
     return filter_fn
+
+
+def _classifier_prefixes(pretrained_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    classifier = pretrained_cfg.get("classifier") or ()
+    return tuple(f"{name}." for name in ((classifier,) if isinstance(classifier, str) else classifier))
 
 
 def _checkpoint_name(pretrained_cfg: Mapping[str, Any]) -> str:
@@ -164,14 +191,17 @@ def build_fdconv_model(
     ``fdconv_patterns`` select the layers that become FDConv; ``base_filter_fn`` and ``feature_cfg`` are
     those the base family passes to timm. ``fdconv_cfg`` (a user-facing ``create_model`` keyword, recorded
     by timm for re-creation) overrides the paper's layer settings (``PAPER_FDCONV_KWARGS``); conversion
-    of pretrained weights stays exact for any setting.
+    of pretrained weights stays exact for any setting. Pretrained loads must set every backbone tensor,
+    ``features_only`` ones too; ``pretrained_strict=False`` (a ``create_model`` keyword) loads what matches.
     """
     layer_kwargs = {**PAPER_FDCONV_KWARGS, **(fdconv_cfg or {})}
+    strict = kwargs.pop("pretrained_strict", True)
     return build_model_with_cfg(
         fdconv_model_cls(model_cls, fdconv_patterns, layer_kwargs),
         variant,
         pretrained,
-        pretrained_filter_fn=fdconv_filter_fn(base_filter_fn),
+        pretrained_strict=strict,
+        pretrained_filter_fn=fdconv_filter_fn(base_filter_fn, strict=strict, with_head=not kwargs.get("features_only", False)),
         feature_cfg=feature_cfg,
         **kwargs,
     )

@@ -7,7 +7,7 @@ after every stage, average pooling and a linear head. So MiT is built as timm's 
 MiT's hyper-parameters (MLP ratio 4 in every stage, LayerNorm eps 1e-5 as in transformers' SegFormer),
 and everything around it (features_only, forward_intermediates, classifier reset, grad checkpointing,
 pretrained loading) is timm's code. FDConv replaces the two Mix-FFN projections of every block
-(FDCONV_SPEC §11); the depthwise conv stays plain.
+(as the official MiT backbone); the depthwise conv stays plain.
 
 Pretrained tags load NVIDIA's ImageNet-1k MiT checkpoints (``nvidia/mit-b0`` ... ``nvidia/mit-b5``,
 transformers-format repos) and convert them exactly at load time; old (transformers <= 5.8) and new key

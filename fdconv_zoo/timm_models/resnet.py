@@ -1,4 +1,4 @@
-"""FDConv ResNets for timm: the official ResNet_FDConv backbone (FDCONV_SPEC §10).
+"""FDConv ResNets for timm: the official ResNet_FDConv backbone.
 
 Every residual-block convolution is an FDConv (BasicBlock conv1/conv2, Bottleneck conv1/conv2/conv3; the
 3x3 ones carry Frequency Band Modulation); the stem and the downsample projections stay plain

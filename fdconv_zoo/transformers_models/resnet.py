@@ -1,4 +1,4 @@
-"""FDConv ResNet for transformers, with FDConv where the official backbone has it (FDCONV_SPEC §10).
+"""FDConv ResNet for transformers, with FDConv where the official backbone has it.
 
 Every convolution of the residual blocks (Bottleneck 1x1/3x3/1x1, BasicBlock 3x3/3x3) is an FDConv; the
 stem and the shortcut (downsample) convolutions stay plain. ``from_pretrained`` also takes a native ResNet

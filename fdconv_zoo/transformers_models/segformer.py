@@ -1,7 +1,7 @@
 """FDConv SegFormer / Mix Transformer (MiT) for Hugging Face transformers.
 
 The models are the native SegFormer classes with FDConv in the two Mix-FFN projections of every block
-(``mlp.fc1`` and ``mlp.fc2``, token-layout 1x1 FDConv layers, FDCONV_SPEC §11; the depthwise conv stays
+(``mlp.fc1`` and ``mlp.fc2``, token-layout 1x1 FDConv layers, as the official MiT backbone; the depthwise conv stays
 plain), so forward passes, losses and outputs are transformers' own. ``from_pretrained`` also takes native
 SegFormer/MiT checkpoints (``nvidia/mit-b*``, ``nvidia/segformer-*``) in the Hub's old (``mlp.dense1``) and
 the current (``mlp.fc1``) key layouts: transformers' own SegFormer renamings run first, then every
