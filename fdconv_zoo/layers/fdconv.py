@@ -151,7 +151,8 @@ class FDConv(nn.Module):
     # ------------------------------------------------------------------------------------------ init
     def init_non_persistent_buffers(self) -> None:
         """(Re)compute the frequency group map; call after meta-device materialisation (timm convention)."""
-        if self.use_fdconv and not self.frequency_group.is_meta:
+        self._frequency_group_ready = self.use_fdconv and not self.frequency_group.is_meta
+        if self._frequency_group_ready:
             groups = frequency_group_map(*self.weight_image_shape, self.kernel_num)
             self.frequency_group = groups.to(self.frequency_group.device)
 
@@ -248,6 +249,8 @@ class FDConv(nn.Module):
             return F.linear(x, self.weight, self.bias) if self.token_layout else conv_nd(x, self.weight, self, self.groups, self.bias)
         if x.shape[0] == 0:
             return self._static_forward(x)
+        if not self._frequency_group_ready:  # materialised from "meta" by a framework that never called the init
+            self.init_non_persistent_buffers()
         plan = plan_execution(self, x) if plan is None else plan
         lead = x.shape[:-1]
         if self.token_layout:
