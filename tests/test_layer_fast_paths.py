@@ -117,7 +117,7 @@ def _plain_conv(layer: FDConv, weight: torch.Tensor) -> nn.Conv2d:
 
 
 def official_forward(layer: FDConv, x: torch.Tensor) -> torch.Tensor:
-    """The layer's function in its official formulation (FDCONV_SPEC): FFT band split, Conv1d local logits,
+    """The layer's function in its official formulation: FFT band split, Conv1d local logits,
     weight-image layout products, one grouped convolution; channel/filter attentions on the weight."""
     b, cin, cout, k = x.shape[0], layer.in_channels, layer.out_channels, layer.kernel_size[0]
     pooled = x.mean((2, 3))

@@ -11,7 +11,7 @@ from test_transformers_common import random_native
 
 
 def test_resnet50_has_fdconv_exactly_where_the_official_backbone_has_it():
-    """FDCONV_SPEC §10/§13: 48 real FDConv layers (16 with FBM), +3,647,120 parameters over the plain ResNet-50."""
+    """The official backbone: 48 real FDConv layers (16 with FBM), +3,647,120 parameters over the plain ResNet-50."""
     with torch.device("meta"):
         fdconv, plain = FDConvResNetModel(FDConvResNetConfig()), ResNetModel(ResNetConfig())
     layers = {name: m for name, m in fdconv.named_modules() if isinstance(m, FDConv)}
