@@ -219,7 +219,7 @@ def format_profile(base: ModelProfile, fdconv: ModelProfile, input_size: Sequenc
             fdconv.flops.gmacs - base.flops.gmacs, fdconv.latency_ms - base.latency_ms if timed else None, sign="+"),
         "",
         "params (M): parameters in millions (buffers excluded)",
-        f"GFLOPs: 10^9 floating-point operations of one forward of the batch (multiply-add = 2; convolutions, matrix "
+        "GFLOPs: 10^9 floating-point operations of one forward of the batch (multiply-add = 2; convolutions, matrix "
         "products and FFTs at 2.5 N log2 N per real transform; elementwise ops not counted)",
         "GMACs: GFLOPs / 2, the unit mmcv's get_flops prints as 'FLOPs'",
     ]

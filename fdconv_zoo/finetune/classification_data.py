@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import is_saved_dataset, load_hub_dataset
+from .data import is_saved_dataset, load_hub_dataset, with_train_split
 from .errors import FinetuneInputError
 
 __all__ = ["load_image_classification_dataset"]
@@ -25,7 +25,7 @@ def load_image_classification_dataset(name_or_path: str, *, test_size: float = 0
     ``test``, else ``validation`` (an all-unlabelled split, labels -1, is skipped), else a stratified
     ``test_size`` share of ``train``. Labels outside the classes are refused here, before any training.
     """
-    from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
+    from datasets import ClassLabel, DatasetDict, load_dataset, load_from_disk
 
     if name_or_path == "digits":
         data = DatasetDict(train=_digits())
@@ -35,10 +35,7 @@ def load_image_classification_dataset(name_or_path: str, *, test_size: float = 0
         data = load_dataset("imagefolder", data_dir=name_or_path)
     else:
         data = load_hub_dataset(name_or_path, "'digits', a folder written by dataset.save_to_disk, a folder with one sub-folder per class")
-    if isinstance(data, Dataset):
-        data = DatasetDict(train=data)
-    if "train" not in data:
-        raise FinetuneInputError(f"dataset {name_or_path!r} has no 'train' split (splits: {list(data)})")
+    data = with_train_split(data, name_or_path)
     columns = set(data["train"].column_names)
     if not {"image", "label"} <= columns:
         raise FinetuneInputError(

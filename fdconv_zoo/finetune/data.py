@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import FinetuneInputError
 
-__all__ = ["is_saved_dataset", "load_hub_dataset"]
+__all__ = ["is_saved_dataset", "load_hub_dataset", "with_train_split"]
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -26,3 +26,14 @@ def load_hub_dataset(name: str, local_forms: str) -> Any:
             f"cannot load dataset {name!r} ({error}); --dataset takes {local_forms}, or a Hub dataset name "
             "(offline: one already in the datasets cache)"
         ) from None
+
+
+def with_train_split(data: Any, name_or_path: str) -> Any:
+    """``data`` as a ``DatasetDict`` (a bare ``Dataset`` becomes its train split); refused without a train split."""
+    from datasets import Dataset, DatasetDict
+
+    if isinstance(data, Dataset):
+        data = DatasetDict(train=data)
+    if "train" not in data:
+        raise FinetuneInputError(f"dataset {name_or_path!r} has no 'train' split (splits: {list(data)})")
+    return data

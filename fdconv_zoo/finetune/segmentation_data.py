@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .data import is_saved_dataset, load_hub_dataset
+from .data import is_saved_dataset, load_hub_dataset, with_train_split
 from .errors import FinetuneInputError
 
 __all__ = ["IMAGE_COLUMNS", "MASK_COLUMNS", "load_semantic_segmentation_dataset", "parse_id2label"]
@@ -36,7 +36,7 @@ def load_semantic_segmentation_dataset(
     share of ``train``. Class names come from a mask column of ``ClassLabel`` values or an ``id2label.json``
     beside the data (in the folder or the Hub repo, the convention of the transformers examples).
     """
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
 
     path = Path(name_or_path)
     if is_saved_dataset(path):
@@ -47,10 +47,7 @@ def load_semantic_segmentation_dataset(
         data = _load_folder_layout(path)
     else:
         data = load_hub_dataset(name_or_path, "a folder written by dataset.save_to_disk, a folder of images/ + annotations/")
-    if isinstance(data, Dataset):
-        data = DatasetDict(train=data)
-    if "train" not in data:
-        raise FinetuneInputError(f"dataset {name_or_path!r} has no 'train' split (splits: {list(data)})")
+    data = with_train_split(data, name_or_path)
     columns = data["train"].column_names
     image_column = _pick_column(columns, image_column, IMAGE_COLUMNS, "image", name_or_path)
     mask_column = _pick_column(columns, mask_column, MASK_COLUMNS, "mask", name_or_path)
