@@ -48,7 +48,7 @@ class ExecutionPlan:
     records no autograd for the layer (products may then overwrite their inputs, and chunks reuse buffers).
     ``fold_attention`` applies the channel and filter attentions to the weight instead of the features.
     ``exporting`` selects the exportable forms (matrix inverse FFT, no autocast regions);
-    ``float32_attention`` runs the attention branch in float32 under autocast.
+    ``float32_attention`` (autocast is on) runs the attention branch in float32 and leaves the weight's dtype to autocast.
     """
 
     method: ConvMethod

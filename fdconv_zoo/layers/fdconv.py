@@ -312,7 +312,7 @@ class FDConv(nn.Module):
                 workspace=workspace, exportable=plan.exporting, in_place=plan.in_place,
             )
             weight = modulate_weight(image, local_logits, on_weight, self.kernel_size, local_act=self.ksm_local_act, in_place=plan.in_place)
-        if not torch.is_autocast_enabled(x.device.type):
+        if not plan.float32_attention:  # under autocast the convolution itself casts the float32 weight
             weight = weight.to(x.dtype)
         return per_sample_conv(x, weight, self, plan.method, on_features)
 
