@@ -28,22 +28,31 @@ def _layer(case: dict, **kwargs) -> FDConv:
     return perturb_attention(FDConv(**case, kernel_num=8, **kwargs)).double()
 
 
-def _plans(in_place: bool) -> list[ExecutionPlan]:
+def _plans(in_place: bool, pointwise: bool = False) -> list[ExecutionPlan]:
+    methods = (ConvMethod.GROUPED, ConvMethod.IM2COL) + ((ConvMethod.POINTWISE,) if pointwise else ())
     return [
-        ExecutionPlan(method=method, samples_per_chunk=chunk, recompute=recompute and not in_place, in_place=in_place, fold_attention=fold)
-        for method, chunk, recompute, fold in itertools.product((ConvMethod.GROUPED, ConvMethod.IM2COL), (None, 2), (False, True), (False, True))
+        ExecutionPlan(
+            method=method, samples_per_chunk=chunk, recompute=recompute and not in_place, in_place=in_place,
+            fold_attention=fold, fft_reads_hermitian_part=native_edges,
+        )
+        for method, chunk, recompute, fold, native_edges in itertools.product(methods, (None, 2), (False, True), (False, True), (False, True))
     ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"k{c['kernel_size']}s{c.get('stride', 1)}")
-def test_every_plan_gives_the_same_output_and_gradients(case):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_every_plan_gives_the_same_output_and_gradients(case, channels_last):
     layer = _layer(case).train()
     x = torch.randn(3, layer.in_channels, 9, 8, dtype=torch.float64)
-    expected = layer(x)
+    reference_plan = ExecutionPlan(method=ConvMethod.GROUPED)  # the convolution itself, not the planned formulation
+    expected = layer(x, reference_plan)
     x_ref = x.clone().requires_grad_(True)
-    layer(x_ref).square().sum().backward()
+    layer(x_ref, reference_plan).square().sum().backward()
     grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
-    for plan in _plans(in_place=False):
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    pointwise = case["kernel_size"] == 1
+    for plan in _plans(in_place=False, pointwise=pointwise):
         layer.zero_grad(set_to_none=True)
         xi = x.clone().requires_grad_(True)
         y = layer(xi, plan)
@@ -55,8 +64,18 @@ def test_every_plan_gives_the_same_output_and_gradients(case):
     layer.eval()
     with torch.no_grad():
         expected = layer(x)
-        for plan in _plans(in_place=True):
+        for plan in _plans(in_place=True, pointwise=pointwise):
             assert relative_error(layer(x, plan), expected) < 1e-12, plan
+
+
+def test_pointwise_layers_run_a_batched_matmul_in_the_input_layout():
+    layer = _layer(dict(in_channels=40, out_channels=24, kernel_size=1)).train()
+    x = torch.randn(2, 40, 6, 5, dtype=torch.float64)
+    assert plan_execution(layer, x).method is ConvMethod.POINTWISE
+    assert plan_execution(_layer(dict(in_channels=40, out_channels=24, kernel_size=1, padding=1)), x).method is not ConvMethod.POINTWISE
+    y = layer(x.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(y, layer(x, ExecutionPlan(method=ConvMethod.GROUPED))) < 1e-12
 
 
 def test_token_layout_runs_the_matmul_plan():

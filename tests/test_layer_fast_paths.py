@@ -211,7 +211,10 @@ def test_weights_built_in_chunks_give_the_same_gradients(recompute, chunk):
     grad_x_chunked, grads_chunked = _train_step(chunked, x)
     assert torch.allclose(grad_x_chunked, grad_x, rtol=1e-12, atol=1e-14)
     for name in grads:
-        assert torch.allclose(grads_chunked["layer." + name], grads[name], rtol=1e-12, atol=1e-14), name
+        # atol 1e-14 of the gradient's scale: a few entries that cancel to ~1e-5 of it differ in the last bits
+        # between one batched inverse FFT and three single ones.
+        scale = grads[name].abs().max()
+        assert torch.allclose(grads_chunked["layer." + name], grads[name], rtol=1e-12, atol=1e-14 * scale), name
 
 
 class _ChunkedLayer(nn.Module):

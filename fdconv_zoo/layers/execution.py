@@ -38,6 +38,7 @@ class ConvMethod(enum.Enum):
     GROUPED = "grouped"  # one convolution with B groups: accelerators, compile, shallow CPU layers
     IM2COL = "im2col"  # unfolded input times the weight image: deep CPU layers, export (no batch-dependent groups)
     MATMUL = "matmul"  # token layout: (B, N, Cin) times the per-sample (Cin, Cout)
+    POINTWISE = "pointwise"  # 1x1 stride-1 maps: a batched matmul over the positions, in the input's memory layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,8 @@ class ExecutionPlan:
     ``fold_attention`` applies the channel and filter attentions to the weight instead of the features.
     ``exporting`` selects the exportable forms (matrix inverse FFT, no autocast regions);
     ``float32_attention`` (autocast is on) runs the attention branch in float32 and leaves the weight's dtype to autocast.
+    ``fft_reads_hermitian_part``: the device's inverse real FFT itself reads only the Hermitian part of the
+    spectrum's edge columns (the CPU's), so they are not symmetrised first.
     """
 
     method: ConvMethod
@@ -58,6 +61,7 @@ class ExecutionPlan:
     fold_attention: bool = False
     exporting: bool = False
     float32_attention: bool = False
+    fft_reads_hermitian_part: bool = False
 
     @property
     def reuses_buffers(self) -> bool:
@@ -115,11 +119,20 @@ def _positions(layer: PlannedLayer, x: torch.Tensor) -> int:
     return math.prod(x.shape[1:-1]) if layer.token_layout else math.prod(x.shape[2:])
 
 
+def _is_pointwise(layer: PlannedLayer) -> bool:
+    """A 1x1 kernel with stride 1 and no padding: every output position is the kernel times one input position."""
+    unpadded = isinstance(layer.padding, str) or not any(layer.padding)
+    return all(k == 1 for k in layer.kernel_size) and all(s == 1 for s in layer.stride) and unpadded
+
+
 def _method(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bool) -> ConvMethod:
-    """im2col while exporting and on the CPU wherever the weight outsizes the output map (``Cout >= H'W'``): the
+    """A batched matmul for token layout and pointwise layers (the 1x1 convolutions of bottlenecks); otherwise
+    im2col while exporting and on the CPU wherever the weight outsizes the output map (``Cout >= H'W'``): the
     matmul reads the weight in the layout it is generated in, while the convolution needs it transposed."""
     if layer.token_layout:
         return ConvMethod.MATMUL
+    if _is_pointwise(layer):
+        return ConvMethod.POINTWISE
     if exporting:
         return ConvMethod.IM2COL
     if x.device.type != "cpu" or compiling:
@@ -159,4 +172,5 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
         fold_attention=_weight_numel(layer) < (layer.in_channels + layer.out_channels) * positions,
         exporting=exporting,
         float32_attention=torch.is_autocast_enabled(x.device.type),
+        fft_reads_hermitian_part=x.device.type == "cpu",
     )

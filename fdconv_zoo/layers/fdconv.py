@@ -310,6 +310,7 @@ class FDConv(nn.Module):
             image = weight_image(
                 spectrum, attentions.group, kernel_num=self.kernel_num, scale=self.alpha * scale, cols=self.weight_image_shape[1],
                 workspace=workspace, exportable=plan.exporting, in_place=plan.in_place,
+                reads_hermitian_part=plan.fft_reads_hermitian_part,
             )
             weight = modulate_weight(image, local_logits, on_weight, self.kernel_size, local_act=self.ksm_local_act, in_place=plan.in_place)
         if not plan.float32_attention:  # under autocast the convolution itself casts the float32 weight

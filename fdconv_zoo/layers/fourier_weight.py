@@ -108,18 +108,21 @@ def weight_image(
     workspace: Workspace | None = None,
     exportable: bool = False,
     in_place: bool = False,
+    reads_hermitian_part: bool = False,
 ) -> torch.Tensor:
     """Per-sample weight images (B, rows, cols): every bin times ``scale`` and its group's attention.
 
     ``group_attention`` (B, KN*P) or None for a single group (the constant attention 1/(KN*P), one image for
-    the batch). ``in_place`` (no autograd) lets the inverse transform write into the fresh planes.
+    the batch). ``in_place`` (no autograd) lets the inverse transform write into the fresh planes;
+    ``reads_hermitian_part`` is :func:`~.inverse_fft.inverse_weight_planes`'.
     """
     real, imag, group_index = spectrum
     param_ratio = real.shape[0]
+    inverse = dict(exportable=exportable, in_place=in_place, reads_hermitian_part=reads_hermitian_part)
     if group_attention is None:
         factor = scale / (kernel_num * param_ratio)
         planes = real.sum(0, keepdim=True) * factor, imag.sum(0, keepdim=True) * factor
-        return inverse_weight_planes(*planes, cols, exportable=exportable, in_place=in_place)
+        return inverse_weight_planes(*planes, cols, **inverse)
     # The group attention of every bin, gathered from the KN per sample: no scatter into a zero map. Along the
     # last axis, gather is several times faster than indexing with the group map.
     ka = group_attention.to(real.dtype).view(group_attention.shape[0], param_ratio, 1, kernel_num) * scale
@@ -128,5 +131,5 @@ def weight_image(
     per_bin = into(workspace, "per_bin", torch.gather, ka.expand(b, param_ratio, rows, kernel_num), 3, index)  # (B, P, rows, n2)
     if param_ratio == 1:
         real, imag = (into(workspace, name, torch.mul, plane[0], per_bin[:, 0]) for name, plane in (("real", real), ("imag", imag)))
-        return inverse_weight_planes(real, imag, cols, workspace, exportable=exportable, in_place=in_place)
-    return inverse_weight_planes((real * per_bin).sum(1), (imag * per_bin).sum(1), cols, exportable=exportable, in_place=in_place)
+        return inverse_weight_planes(real, imag, cols, workspace, **inverse)
+    return inverse_weight_planes((real * per_bin).sum(1), (imag * per_bin).sum(1), cols, **inverse)

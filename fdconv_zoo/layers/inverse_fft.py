@@ -37,14 +37,16 @@ def inverse_weight_planes(
     *,
     exportable: bool | None = None,
     in_place: bool = False,
+    reads_hermitian_part: bool = False,
 ) -> torch.Tensor:
     """``irfft2`` of the (..., rows, cols//2+1) spectrum ``real + i imag`` to (..., rows, cols).
 
     The inverse real FFT reads only the Hermitian part of column 0 (and of the Nyquist column when ``cols`` is
     even); those columns are symmetrised explicitly so every FFT backend computes the same weight whatever it
-    does with non-Hermitian input. ``in_place`` writes them into the planes (pass tensors you own); out of place
-    under autograd, where an in-place write would make backward clone and zero-fill both planes per column.
-    ``exportable`` uses the matrix form (default: while exporting).
+    does with non-Hermitian input, unless ``reads_hermitian_part`` says the backend does exactly that itself
+    (the CPU's MKL and pocketfft: equal to rounding, gradients included). ``in_place`` writes them into the
+    planes (pass tensors you own); out of place under autograd, where an in-place write would make backward
+    clone and zero-fill both planes per column. ``exportable`` uses the matrix form (default: while exporting).
     """
     if exportable is None:
         exportable = is_exporting()
@@ -53,6 +55,8 @@ def inverse_weight_planes(
         # which the symmetrisation leaves unchanged.
         return irfft2_matmul(real, imag, cols)
     rows, n2 = real.shape[-2:]
+    if reads_hermitian_part:
+        return into(workspace, "image", torch.fft.irfft2, into(workspace, "spectrum", torch.complex, real, imag), s=(rows, cols))
     neg = (-torch.arange(rows, device=real.device)) % rows
     edges = (0, n2 - 1) if cols % 2 == 0 and n2 > 1 else (0,)
     hermitian = {c: ((real[..., :, c] + real[..., neg, c]) * 0.5, (imag[..., :, c] - imag[..., neg, c]) * 0.5) for c in edges}

@@ -30,7 +30,8 @@ def per_sample_conv(
     method: ConvMethod,
     attentions: KernelAttentions = _NO_ATTENTIONS,
 ) -> torch.Tensor:
-    """``x`` (B, Cin, *spatial) -> (B, Cout, *spatial'), or (B, N, Cin) -> (B, N, Cout) for ``ConvMethod.MATMUL``.
+    """``x`` (B, Cin, *spatial) -> (B, Cout, *spatial'), or (B, N, Cin) -> (B, N, Cout) for ``ConvMethod.MATMUL``
+    (token layout).
 
     ``attentions`` (spatial, channel, filter) scale the kernel on the fly; only im2col takes them.
     """
@@ -41,10 +42,24 @@ def per_sample_conv(
     b, cout = weight.shape[:2]
     if method is ConvMethod.MATMUL:
         return torch.bmm(x, weight.reshape(b, cout, weight.shape[3]).transpose(1, 2))
+    if method is ConvMethod.POINTWISE:
+        return _pointwise(x, weight.reshape(b, cout, weight.shape[3]))
     cin, spatial = weight.shape[3], x.shape[2:]
     kernel = weight.permute(0, 1, 3, 2, 4).reshape(b * cout, cin, *geometry.kernel_size)
     y = conv_nd(x.reshape(1, b * cin, *spatial), kernel, geometry, groups=b)
     return y.view(b, cout, *y.shape[2:])
+
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A 1x1, stride-1 kernel (B, Cout, Cin) as one batched matmul over the positions, in the input's own memory
+    layout: channels-last maps (the output channels-last too) or contiguous ones. Autograd's backward is then two
+    batched matmuls, where a batch-grouped convolution's is several times slower on the CPU."""
+    b, cin, spatial = x.shape[0], x.shape[1], x.shape[2:]
+    positions, tokens = math.prod(spatial), x.movedim(1, -1)
+    if tokens.is_contiguous() and not x.is_contiguous():  # channels-last
+        y = torch.bmm(tokens.reshape(b, positions, cin), weight.transpose(1, 2))
+        return y.view(b, *spatial, weight.shape[1]).movedim(-1, 1)
+    return torch.bmm(weight, x.reshape(b, cin, positions)).view(b, weight.shape[1], *spatial)
 
 
 def _unfold(x: torch.Tensor, geometry: ConvGeometry, out_size: tuple[int, ...]) -> torch.Tensor:
