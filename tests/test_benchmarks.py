@@ -36,6 +36,7 @@ class FDConv(_FDConv):
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
 
@@ -193,3 +194,54 @@ def test_target_lines(common):
     at_least = common.Target("speed-up", 5.0, False, {"C=64": 5.0})
     assert at_least.met and ": met" in at_least.line()
     assert "not measured" in common.Target("x", 1.0, True, {}).line()
+
+
+@pytest.fixture(scope="module")
+def bench_dense():
+    return _load("bench_dense")
+
+
+def test_dense_quick_with_official_backbone(bench_dense, tmp_path, capsys):
+    official = tmp_path / "FDConv.py"
+    official.write_text(FAKE_OFFICIAL)
+    out = bench_dense.main(["--quick", "--threads", "1", "--official", str(official), "--markdown"])
+    text = capsys.readouterr().out
+    assert "*** kernel_num" not in text  # the official file's prints stay out of the table
+    ((setting, variant), row), = out["rows"].items()
+    assert (str(setting), variant) == ("resnet18 64x64 b2", "eager")
+    for mode in ("eval", "train"):
+        assert set(row[mode]) == {"resnet18", "resnet18_fdconv", "official"} and all(v > 0 for v in row[mode].values())
+    assert row["official match"] < 1e-5  # the stand-in is this package's layer: the same function, layer by layer
+    line = next(r for r in text.splitlines() if r.startswith("| resnet18 64x64 b2"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == f"{row['eval']['resnet18_fdconv'] / row['eval']['resnet18']:.2f}x"
+    assert cells[8] == f"{row['eval']['official'] / row['eval']['resnet18_fdconv']:.2f}x"
+    assert cells[6] == f"{row['memory']['resnet18_fdconv'] / row['memory']['resnet18']:.2f}x"
+
+
+def test_dense_official_layers_replace_every_fdconv_layer(bench_dense, tmp_path):
+    import timm
+    from fdconv_zoo import FDConv
+
+    official = tmp_path / "FDConv.py"
+    official.write_text(FAKE_OFFICIAL)
+    official_cls = sys.modules["_common"].load_official_fdconv(official)
+    model = timm.create_model("resnet18_fdconv", features_only=True, **json.loads(TINY_RESNET) | {"num_classes": 0})
+    ours = {n: m for n, m in model.named_modules() if isinstance(m, FDConv) and m.use_fdconv}
+    swapped = bench_dense.with_official_layers(timm.create_model("resnet18_fdconv", features_only=True, **json.loads(TINY_RESNET) | {"num_classes": 0}), official_cls)
+    assert ours and all(type(swapped.get_submodule(n)) is official_cls for n in ours)
+    with pytest.raises(ValueError, match="token layout"):  # as Swin's and MiT's (nn.Linear) FDConv layers
+        bench_dense.with_official_layers(torch.nn.Sequential(FDConv(32, 32, 1, token_layout=True)), official_cls)
+
+
+def test_dense_settings_and_bad_arguments(bench_dense, capsys):
+    setting = bench_dense.Setting.parse("resnet50:800x1333:1")
+    assert (setting.height, setting.width, setting.batch, setting.classifier) == (800, 1333, 1, False)
+    assert bench_dense.Setting.parse("resnet50:224x224:8:classifier").spec == "resnet50:224x224:8:classifier"
+    for bad in (["--settings", "resnet50:512:2"], ["--settings", "resnet50:512x512:0"], ["--settings", "vgg16:64x64:1"]):
+        with pytest.raises(SystemExit):
+            bench_dense.main(bad)
+    err = capsys.readouterr().err
+    assert "MODEL:HxW:BATCH" in err and "no FDConv variant for vgg16" in err
+    with pytest.raises(SystemExit, match="not among --settings"):
+        bench_dense.main(["--settings", "resnet18:64x64:2", "--compile", "resnet50:512x512:2"])

@@ -33,7 +33,7 @@ def _plans(in_place: bool, pointwise: bool = False) -> list[ExecutionPlan]:
     return [
         ExecutionPlan(
             method=method, samples_per_chunk=chunk, recompute=recompute and not in_place, in_place=in_place,
-            fold_attention=fold, fft_reads_hermitian_part=native_edges,
+            fold_attention=fold, fft_reads_hermitian_part=native_edges, recompute_bands=recompute and not in_place,
         )
         for method, chunk, recompute, fold, native_edges in itertools.product(methods, (None, 2), (False, True), (False, True), (False, True))
     ]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from .bounded_attention import bounded_attention
 from .conv_geometry import CONV_CLASSES, conv_nd
@@ -251,15 +252,22 @@ class FrequencyBandModulation(nn.Module):
         logits = conv_nd(x, weight.flatten(0, 1), convs[0], groups=g, bias=bias.flatten())
         return bounded_attention(logits.unflatten(1, (g, n)).transpose(1, 2), self.act, dim=2)
 
-    def forward(self, x: torch.Tensor, *, in_place: bool = False, exporting: bool = False) -> torch.Tensor:
-        """Modulated ``x`` (B, C, *spatial). ``in_place`` (only without autograd) accumulates the bands into one buffer."""
+    def forward(self, x: torch.Tensor, *, in_place: bool = False, exporting: bool = False, recompute: bool = False) -> torch.Tensor:
+        """Modulated ``x`` (B, C, *spatial). ``in_place`` (only without autograd) accumulates the bands into one
+        buffer; ``recompute`` keeps only ``x`` and the attention maps for backward and redoes the band split
+        there (the bands are several input-sized tensors per layer, and the split is cheap next to the rest)."""
+        compute_dtype = torch.promote_types(x.dtype, torch.float32)
+        att = self._attention_maps(x).to(compute_dtype)  # (B, n_att, G, *spatial)
+        if recompute:
+            return checkpoint(self._modulate, x, att, in_place, exporting, use_reentrant=False)
+        return self._modulate(x, att, in_place, exporting)
+
+    def _modulate(self, x: torch.Tensor, att: torch.Tensor, in_place: bool, exporting: bool) -> torch.Tensor:
         c = x.shape[1]
         g, n = self.spatial_group, len(self.k_list)
-        compute_dtype = torch.promote_types(x.dtype, torch.float32)
-        xf = x.to(compute_dtype)
+        xf = x.to(att.dtype)
         with float32_region(x.device.type, exporting):  # the band split stays in float32 under autocast
             lows = band_lowpass(xf, self.k_list, self.exact_masks, self.spatial_dims)  # n tensors (B, C, *spatial)
-        att = self._attention_maps(x).to(compute_dtype)  # (B, n_att, G, *spatial)
         # sum_j a_j (low_{j-1} - low_j) + a_n low_{n-1}, with low_{-1} = x and a_n = 1 (or the low-band
         # attention), telescoped into a_0 x + sum_j (a_{j+1} - a_j) low_j: no high-band tensors.
         last = att[:, n:] if self.lowfreq_att else torch.ones_like(att[:, :1])

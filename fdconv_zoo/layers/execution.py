@@ -51,7 +51,8 @@ class ExecutionPlan:
     ``exporting`` selects the exportable forms (matrix inverse FFT, no autocast regions);
     ``float32_attention`` (autocast is on) runs the attention branch in float32 and leaves the weight's dtype to autocast.
     ``fft_reads_hermitian_part``: the device's inverse real FFT itself reads only the Hermitian part of the
-    spectrum's edge columns (the CPU's), so they are not symmetrised first.
+    spectrum's edge columns (the CPU's), so they are not symmetrised first. ``recompute_bands`` redoes the
+    frequency band split in backward instead of keeping the bands.
     """
 
     method: ConvMethod
@@ -62,6 +63,7 @@ class ExecutionPlan:
     exporting: bool = False
     float32_attention: bool = False
     fft_reads_hermitian_part: bool = False
+    recompute_bands: bool = False
 
     @property
     def reuses_buffers(self) -> bool:
@@ -172,5 +174,6 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
         fold_attention=_weight_numel(layer) < (layer.in_channels + layer.out_channels) * positions,
         exporting=exporting,
         float32_attention=torch.is_autocast_enabled(x.device.type),
-        fft_reads_hermitian_part=x.device.type == "cpu",
+        fft_reads_hermitian_part=x.device.type == "cpu" and not exporting,
+        recompute_bands=records_autograd and not exporting,
     )

@@ -261,14 +261,15 @@ class FDConv(nn.Module):
         with float32_region(x.device.type, plan.exporting) if plan.float32_attention else contextlib.nullcontext():
             attentions = self.KSM_Global(pooled.float() if plan.float32_attention else pooled)
         if hasattr(self, "FBM"):
-            x = self.FBM(x, in_place=plan.in_place, exporting=plan.exporting)
+            x = self.FBM(x, in_place=plan.in_place, exporting=plan.exporting, recompute=plan.recompute_bands)
         filt = attentions.filter
         if not plan.fold_attention:  # the separable attentions scale the features; the kernel keeps the others
             if attentions.channel is not None:
                 x = x * _feature_view(attentions.channel, self.token_layout, self.spatial_dims).to(x.dtype)
             attentions = attentions._replace(channel=None, filter=None)
         with float32_region(x.device.type, plan.exporting):
-            spectrum = static_spectrum(self.dft_weight, self.frequency_group, copy_planes=plan.in_place)  # once per batch
+            # Once per batch; separate planes only where the products run on them (the CPU multiplies complex pairs).
+            spectrum = static_spectrum(self.dft_weight, self.frequency_group, copy_planes=plan.in_place and not plan.fft_reads_hermitian_part)
         workspaces: dict[int, Workspace] = {}  # buffers reused across chunks without autograd, one set per chunk size
         outputs = []
         for rows in plan.chunks(b):

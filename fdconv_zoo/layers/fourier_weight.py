@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 
 from .execution import Workspace, into
-from .inverse_fft import inverse_weight_planes, inverse_weight_spectrum
+from .inverse_fft import inverse_weight_planes, inverse_weight_spectrum, inverse_weight_spectrum_values
 
 __all__ = [
     "WeightSpectrum",
@@ -80,11 +80,13 @@ def spectrum_to_conv_weight(dft_weight: torch.Tensor, in_channels: int, kernel_s
 
 class WeightSpectrum(NamedTuple):
     """What every sample's weight image shares: the stored spectrum as real and imaginary planes (P, rows, n2)
-    in the compute dtype, and the bins' group indices as int64 (``gather`` needs them)."""
+    in the compute dtype, the bins' group indices as int64 (``gather`` needs them), and the spectrum's
+    (real, imag) pairs (P, rows, n2, 2) the planes are views of unless copied."""
 
     real: torch.Tensor
     imag: torch.Tensor
     group_index: torch.Tensor
+    pairs: torch.Tensor
 
 
 def static_spectrum(dft_weight: torch.Tensor, frequency_group: torch.Tensor, *, copy_planes: bool) -> WeightSpectrum:
@@ -92,10 +94,9 @@ def static_spectrum(dft_weight: torch.Tensor, frequency_group: torch.Tensor, *, 
     one gradient for the batch). ``copy_planes`` makes them contiguous copies, for per-bin products several
     times faster than on the interleaved pairs; without it they are views of the parameter, so autograd keeps
     the parameter itself rather than a weight-sized copy per layer."""
-    spectrum = dft_weight.to(torch.promote_types(dft_weight.dtype, torch.float32))
-    if copy_planes:
-        spectrum = spectrum.movedim(-1, 0).contiguous().movedim(0, -1)
-    return WeightSpectrum(spectrum[..., 0], spectrum[..., 1], frequency_group.long())
+    pairs = dft_weight.to(torch.promote_types(dft_weight.dtype, torch.float32))
+    spectrum = pairs.movedim(-1, 0).contiguous().movedim(0, -1) if copy_planes else pairs
+    return WeightSpectrum(spectrum[..., 0], spectrum[..., 1], frequency_group.long(), pairs)
 
 
 def weight_image(
@@ -116,7 +117,7 @@ def weight_image(
     the batch). ``in_place`` (no autograd) lets the inverse transform write into the fresh planes;
     ``reads_hermitian_part`` is :func:`~.inverse_fft.inverse_weight_planes`'.
     """
-    real, imag, group_index = spectrum
+    real, imag, group_index, pairs = spectrum
     param_ratio = real.shape[0]
     inverse = dict(exportable=exportable, in_place=in_place, reads_hermitian_part=reads_hermitian_part)
     if group_attention is None:
@@ -129,6 +130,10 @@ def weight_image(
     b, rows = ka.shape[0], real.shape[-2]
     index = group_index.expand(b, param_ratio, *group_index.shape)
     per_bin = into(workspace, "per_bin", torch.gather, ka.expand(b, param_ratio, rows, kernel_num), 3, index)  # (B, P, rows, n2)
+    if param_ratio == 1 and reads_hermitian_part and not exportable:
+        # One complex product straight from the interleaved pairs: no planes to multiply and reassemble.
+        values = torch.view_as_complex(pairs[0] if pairs.stride(-1) == 1 and pairs.stride(-2) == 2 else pairs[0].contiguous())
+        return inverse_weight_spectrum_values(into(workspace, "spectrum", torch.mul, values, per_bin[:, 0]), cols, workspace)
     if param_ratio == 1:
         real, imag = (into(workspace, name, torch.mul, plane[0], per_bin[:, 0]) for name, plane in (("real", real), ("imag", imag)))
         return inverse_weight_planes(real, imag, cols, workspace, **inverse)

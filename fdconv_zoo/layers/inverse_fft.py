@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .execution import Workspace, into, is_exporting
 
-__all__ = ["inverse_weight_planes", "inverse_weight_spectrum", "irfft2_matmul"]
+__all__ = ["inverse_weight_planes", "inverse_weight_spectrum", "inverse_weight_spectrum_values", "irfft2_matmul"]
 
 _DENSE_DFT_MAX = 64  # sizes up to this use one dense matrix
 
@@ -56,7 +56,7 @@ def inverse_weight_planes(
         return irfft2_matmul(real, imag, cols)
     rows, n2 = real.shape[-2:]
     if reads_hermitian_part:
-        return into(workspace, "image", torch.fft.irfft2, into(workspace, "spectrum", torch.complex, real, imag), s=(rows, cols))
+        return inverse_weight_spectrum_values(into(workspace, "spectrum", torch.complex, real, imag), cols, workspace)
     neg = (-torch.arange(rows, device=real.device)) % rows
     edges = (0, n2 - 1) if cols % 2 == 0 and n2 > 1 else (0,)
     hermitian = {c: ((real[..., :, c] + real[..., neg, c]) * 0.5, (imag[..., :, c] - imag[..., neg, c]) * 0.5) for c in edges}
@@ -72,6 +72,12 @@ def inverse_weight_planes(
     # torch.complex, not view_as_complex: the latter needs interleaved pairs with a unit last stride, which
     # neither a channels_last model's dft_weight nor inductor's buffers for this in-place symmetrisation have.
     return into(workspace, "image", torch.fft.irfft2, into(workspace, "spectrum", torch.complex, real, imag), s=(rows, cols))
+
+
+def inverse_weight_spectrum_values(values: torch.Tensor, cols: int, workspace: Workspace | None = None) -> torch.Tensor:
+    """``irfft2`` of a complex (..., rows, cols//2+1) spectrum, for backends that read only the Hermitian part
+    of its edge columns themselves (the CPU's; see :func:`inverse_weight_planes`)."""
+    return into(workspace, "image", torch.fft.irfft2, values, s=(values.shape[-2], cols))
 
 
 def _dft_split(n: int) -> tuple[int, int] | None:

@@ -178,7 +178,8 @@ class KernelSpatialModulationLocal(nn.Module):
         eye = torch.eye(c, dtype=z.dtype, device=z.device)
         spread = (windows[:, :, None, :, None] * eye[:, None, :]).flatten(3).flatten(1, 2)  # (B, taps*c, Cin*c)
         weight = self.conv.weight.view(-1, k, c, taps).transpose(2, 3).reshape(-1, taps * c)  # (Cout*k1, taps*c)
-        return into(workspace, "local_logits", torch.matmul, weight, spread)
+        # bmm on the expanded taps: torch.matmul would fold the batch into the rows and copy the transposed result.
+        return into(workspace, "local_logits", torch.bmm, weight.expand(z.shape[0], -1, -1), spread)
 
 
 def _kernel_tuple(kernel_size: int | Sequence[int]) -> tuple[int, ...]:
