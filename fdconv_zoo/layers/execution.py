@@ -174,6 +174,7 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
         fold_attention=_weight_numel(layer) < (layer.in_channels + layer.out_channels) * positions,
         exporting=exporting,
         float32_attention=torch.is_autocast_enabled(x.device.type),
-        fft_reads_hermitian_part=x.device.type == "cpu" and not exporting,
+        # Eager only: inductor's buffers need not have the interleaved layout the complex-pairs product views.
+        fft_reads_hermitian_part=x.device.type == "cpu" and not exporting and not compiling,
         recompute_bands=records_autograd and not exporting,
     )
