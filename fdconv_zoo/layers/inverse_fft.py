@@ -44,7 +44,7 @@ def inverse_weight_planes(
     The inverse real FFT reads only the Hermitian part of column 0 (and of the Nyquist column when ``cols`` is
     even); those columns are symmetrised explicitly so every FFT backend computes the same weight whatever it
     does with non-Hermitian input, unless ``reads_hermitian_part`` says the backend does exactly that itself
-    (the CPU's MKL and pocketfft: equal to rounding, gradients included). ``in_place`` writes them into the
+    (the CPU's: with MKL, equal to rounding, gradients included). ``in_place`` writes them into the
     planes (pass tensors you own); out of place under autograd, where an in-place write would make backward
     clone and zero-fill both planes per column. ``exportable`` uses the matrix form (default: while exporting).
     """
