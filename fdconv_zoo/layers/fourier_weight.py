@@ -132,7 +132,7 @@ def weight_image(
     per_bin = into(workspace, "per_bin", torch.gather, ka.expand(b, param_ratio, rows, kernel_num), 3, index)  # (B, P, rows, n2)
     if param_ratio == 1 and reads_hermitian_part and not exportable:
         # One complex product straight from the interleaved pairs: no planes to multiply and reassemble.
-        values = torch.view_as_complex(pairs[0] if pairs.stride(-1) == 1 and pairs.stride(-2) == 2 else pairs[0].contiguous())
+        values = torch.view_as_complex(pairs[0].contiguous())  # a copy only for other layouts (channels_last)
         return inverse_weight_spectrum_values(into(workspace, "spectrum", torch.mul, values, per_bin[:, 0]), cols, workspace)
     if param_ratio == 1:
         real, imag = (into(workspace, name, torch.mul, plane[0], per_bin[:, 0]) for name, plane in (("real", real), ("imag", imag)))

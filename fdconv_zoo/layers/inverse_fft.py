@@ -54,24 +54,30 @@ def inverse_weight_planes(
         # The matrix form reads only the real part of the zero and Nyquist columns after the row transform,
         # which the symmetrisation leaves unchanged.
         return irfft2_matmul(real, imag, cols)
+    if not reads_hermitian_part:
+        real, imag = _symmetrise_edge_columns(real, imag, cols, in_place)
+    # torch.complex, not view_as_complex: the latter needs interleaved pairs with a unit last stride, which
+    # neither a channels_last model's dft_weight nor inductor's buffers for this in-place symmetrisation have.
+    return inverse_weight_spectrum_values(into(workspace, "spectrum", torch.complex, real, imag), cols, workspace)
+
+
+def _symmetrise_edge_columns(real: torch.Tensor, imag: torch.Tensor, cols: int, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The planes with column 0 (and the Nyquist column of an even ``cols``) replaced by their Hermitian part,
+    written into the planes ``in_place``, else assembled into new ones."""
     rows, n2 = real.shape[-2:]
-    if reads_hermitian_part:
-        return inverse_weight_spectrum_values(into(workspace, "spectrum", torch.complex, real, imag), cols, workspace)
     neg = (-torch.arange(rows, device=real.device)) % rows
     edges = (0, n2 - 1) if cols % 2 == 0 and n2 > 1 else (0,)
     hermitian = {c: ((real[..., :, c] + real[..., neg, c]) * 0.5, (imag[..., :, c] - imag[..., neg, c]) * 0.5) for c in edges}
     if in_place:
         for c, (re, im) in hermitian.items():
             real[..., :, c], imag[..., :, c] = re, im
-    else:
-        def assemble(plane: torch.Tensor, part: int) -> torch.Tensor:
-            pieces = [hermitian[0][part][..., None], plane[..., 1 : n2 - len(edges) + 1]]
-            return torch.cat(pieces + ([hermitian[n2 - 1][part][..., None]] if len(edges) == 2 else []), -1)
+        return real, imag
 
-        real, imag = assemble(real, 0), assemble(imag, 1)
-    # torch.complex, not view_as_complex: the latter needs interleaved pairs with a unit last stride, which
-    # neither a channels_last model's dft_weight nor inductor's buffers for this in-place symmetrisation have.
-    return into(workspace, "image", torch.fft.irfft2, into(workspace, "spectrum", torch.complex, real, imag), s=(rows, cols))
+    def assemble(plane: torch.Tensor, part: int) -> torch.Tensor:
+        pieces = [hermitian[0][part][..., None], plane[..., 1 : n2 - len(edges) + 1]]
+        return torch.cat(pieces + ([hermitian[n2 - 1][part][..., None]] if len(edges) == 2 else []), -1)
+
+    return assemble(real, 0), assemble(imag, 1)
 
 
 def inverse_weight_spectrum_values(values: torch.Tensor, cols: int, workspace: Workspace | None = None) -> torch.Tensor:
