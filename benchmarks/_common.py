@@ -25,6 +25,8 @@ __all__ = [
     "OFFICIAL_HINT",
     "Target",
     "check_plot_path",
+    "format_ms",
+    "format_pair",
     "format_table",
     "load_official_fdconv",
     "machine_description",
@@ -191,6 +193,17 @@ def machine_description(device: torch.device, threads: int) -> str:
         if commit:
             version += f" @ {commit}"
     return f"{hardware}; torch {torch.__version__}; fdconv-zoo {version}; Python {platform.python_version()}"
+
+
+def format_ms(v: float | None) -> str:
+    """A table cell for a measured value (ms or MiB) with about three significant digits; None (the variant
+    failed) reads "fails"."""
+    return "fails" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
+
+
+def format_pair(base: float | None, other: float | None) -> str:
+    """A "base / other" cell."""
+    return f"{format_ms(base)} / {format_ms(other)}"
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool = True) -> str:

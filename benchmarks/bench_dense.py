@@ -34,6 +34,8 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     Target,
+    format_ms,
+    format_pair,
     format_table,
     load_official_fdconv,
     logger,
@@ -287,10 +289,6 @@ def _max_relative_difference(ours: nn.Module, official: nn.Module, x: torch.Tens
             hook.remove()
 
 
-def _num(v: float | None) -> str:
-    return "fails" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
-
-
 def _ratio(num: float | None, den: float | None) -> str:
     return "-" if not num or not den else f"{num / den:.2f}x"
 
@@ -304,18 +302,18 @@ def _table(rows: dict, official: bool, markdown: bool) -> str:
         mem = r.get("memory")
         line = [
             str(setting) if variant == "eager" else f"{setting} {variant}",
-            f"{_num(r['eval'].get(base))} / {_num(r['eval'].get(fdconv))}",
+            format_pair(r["eval"].get(base), r["eval"].get(fdconv)),
             _ratio(r["eval"].get(fdconv), r["eval"].get(base)),
-            f"{_num(r['train'].get(base))} / {_num(r['train'].get(fdconv))}",
+            format_pair(r["train"].get(base), r["train"].get(fdconv)),
             _ratio(r["train"].get(fdconv), r["train"].get(base)),
-            f"{_num(mem[base])} / {_num(mem[fdconv])}" if mem else "-",
+            format_pair(mem[base], mem[fdconv]) if mem else "-",
             _ratio(mem[fdconv], mem[base]) if mem else "-",
         ]
         if official:
             has = "official" in r["eval"]
             line += [
-                _num(r["eval"]["official"]) if has else "-", _ratio(r["eval"].get("official"), r["eval"].get(fdconv)),
-                _num(r["train"]["official"]) if has else "-", _ratio(r["train"].get("official"), r["train"].get(fdconv)),
+                format_ms(r["eval"]["official"]) if has else "-", _ratio(r["eval"].get("official"), r["eval"].get(fdconv)),
+                format_ms(r["train"]["official"]) if has else "-", _ratio(r["train"].get("official"), r["train"].get(fdconv)),
             ]
         table.append(line)
     return format_table(header, table, markdown)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     Target,
     check_plot_path,
+    format_pair,
     format_table,
     logger,
     machine_description,
@@ -230,14 +231,6 @@ def _fdconv_bases() -> list[str]:
     return sorted(m[: -len("_fdconv")] for m in timm.list_models("*_fdconv"))
 
 
-def _num(v: float | None) -> str:
-    return "fails" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
-
-
-def _pair(a: float | None, b: float | None) -> str:
-    return f"{_num(a)} / {_num(b)}"
-
-
 def _ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or b is None else f"{b / a:.2f}x"
 
@@ -251,12 +244,12 @@ def _table(results: dict, memory: dict, params: dict, args: argparse.Namespace) 
         mem = memory.get(base) if eager else None
         rows.append([
             base if eager else f"{base} {variant}",
-            _pair(*params[base]) if eager else "",
-            _pair(r["eval"].get(b), r["eval"].get(f)),
+            format_pair(*params[base]) if eager else "",
+            format_pair(r["eval"].get(b), r["eval"].get(f)),
             _ratio(r["eval"].get(b), r["eval"].get(f)),
-            _pair(r["train"].get(b), r["train"].get(f)),
+            format_pair(r["train"].get(b), r["train"].get(f)),
             _ratio(r["train"].get(b), r["train"].get(f)),
-            _pair(mem[b], mem[f]) if mem else "-",
+            format_pair(mem[b], mem[f]) if mem else "-",
             _ratio(mem[b], mem[f]) if mem else "-",
         ])
     return format_table(header, rows, args.markdown)
