@@ -49,7 +49,7 @@ import fdconv_zoo  # noqa: E402  (registers the FDConv models)
 import timm  # noqa: E402
 from fdconv_zoo import FDConv  # noqa: E402
 
-__all__ = ["DEFAULT_SETTINGS", "Setting", "main", "with_official_layers"]
+__all__ = ["DEFAULT_SETTINGS", "Setting", "activate_attentions", "main", "training_or_eval_step", "with_official_layers"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,7 @@ def with_official_layers(model: nn.Module, official_cls: type) -> nn.Module:
     return model
 
 
-def _activate_attentions(model: nn.Module) -> None:
+def activate_attentions(model: nn.Module) -> None:
     """Small random attention heads, as after training: at init every FDConv is exactly its static
     convolution, which would make the check against the official layer trivial. (Times do not depend on
     the values, as long as they stay in range: float32 denormals, as from attentions saturated by exploding
@@ -146,7 +146,7 @@ def _loss(output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     return sum(f.float().mean() for f in output)
 
 
-def _step(model: nn.Module, x: torch.Tensor, train: bool, dtype: torch.dtype | None) -> Callable[[], None]:
+def training_or_eval_step(model: nn.Module, x: torch.Tensor, train: bool, dtype: torch.dtype | None) -> Callable[[], None]:
     def run() -> None:
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             if train:
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         base, fdconv = setting.model, f"{setting.model}_fdconv"
         models = {base: setting.create(base).to(device), fdconv: setting.create(fdconv).to(device)}
         x = torch.randn(setting.batch, 3, setting.height, setting.width, device=device)
-        _activate_attentions(models[fdconv])
+        activate_attentions(models[fdconv])
         match = None
         if official_cls is not None and setting.model.startswith("resnet"):
             models["official"] = with_official_layers(setting.create(fdconv), official_cls).to(device)
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
                         continue  # the official layer is compared as it is used: eager
                     model.train(mode == "train")
                     try:
-                        fn = _step(torch.compile(model) if variant == "compiled" else model, x, mode == "train", dtype)
+                        fn = training_or_eval_step(torch.compile(model) if variant == "compiled" else model, x, mode == "train", dtype)
                         fn()  # the first warm-up run; fails here if the variant does not work for this model
                         fns[name] = fn
                     except Exception as exc:  # noqa: BLE001  (reported in the table as "fails")
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
                 row["memory"] = {}
                 for name in (base, fdconv):
                     models[name].train().zero_grad(set_to_none=True)
-                    row["memory"][name] = peak_memory_mib(_step(models[name], x, True, dtype), device)
+                    row["memory"][name] = peak_memory_mib(training_or_eval_step(models[name], x, True, dtype), device)
             rows[(setting, variant)] = row
         del models
 

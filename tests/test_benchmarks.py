@@ -245,3 +245,38 @@ def test_dense_settings_and_bad_arguments(bench_dense, capsys):
     assert "MODEL:HxW:BATCH" in err and "no FDConv variant for vgg16" in err
     with pytest.raises(SystemExit, match="not among --settings"):
         bench_dense.main(["--settings", "resnet18:64x64:2", "--compile", "resnet50:512x512:2"])
+
+
+@pytest.fixture(scope="module")
+def profile_dense():
+    return _load("profile_dense")
+
+
+def test_profile_dense_times_every_part_and_restores_the_layer(profile_dense, capsys):
+    originals = {(owner, attr): getattr(owner, attr) for _, owner, attr in profile_dense.EVAL_PARTS}
+    ms = profile_dense.eval_attribution(profile_dense.Setting("resnet18", 64, 64, 2), repeats=1)
+    for label, _, _ in profile_dense.EVAL_PARTS:  # each wrapped callable is the one the layer really calls
+        assert ms[label] > 0, label
+    assert ms["total"] > sum(v for k, v in ms.items() if k not in ("total", "base", profile_dense._OUTSIDE, profile_dense._REST))
+    assert all(getattr(owner, attr) is fn for (owner, attr), fn in originals.items())
+    profile_dense.main(["--setting", "resnet18:64x64:2", "--repeats", "1", "--threads", "1", "--markdown"])
+    text = capsys.readouterr().out
+    for label in [p[0] for p in profile_dense.EVAL_PARTS] + [a[0] for a in profile_dense.ABLATIONS] + ["base", "full FDConv"]:
+        assert f"| {label}" in text, label
+
+
+def test_profile_dense_ablations_change_every_fdconv_layer(profile_dense):
+    from fdconv_zoo import FDConv
+
+    setting = profile_dense.Setting("resnet18", 64, 64, 2)
+    full = [m for m in profile_dense._fdconv_model(setting).modules() if isinstance(m, FDConv) and m.use_fdconv]
+    assert any(hasattr(m, "FBM") for m in full) and all(hasattr(m, "KSM_Local") for m in full)
+    changes = dict(profile_dense.ABLATIONS)
+    no_fbm = profile_dense._fdconv_model(setting, changes["without FBM"])
+    assert not any(hasattr(m, "FBM") for m in no_fbm.modules() if isinstance(m, FDConv))
+    no_local = profile_dense._fdconv_model(setting, changes["without the local attention"])
+    assert not any(hasattr(m, "KSM_Local") for m in no_local.modules() if isinstance(m, FDConv))
+    kept = profile_dense._fdconv_model(setting, changes["per-sample weights kept, not recomputed"])
+    assert all(m.recompute_weight is False for m in kept.modules() if isinstance(m, FDConv) and m.use_fdconv)
+    with pytest.raises(SystemExit):
+        profile_dense.main(["--setting", "resnet50:224x224:8:classifier"])

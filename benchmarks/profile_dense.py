@@ -1,0 +1,161 @@
+"""Where an FDConv backbone's time goes at dense resolution: its parts in eval, and ablations of a training step.
+
+    python benchmarks/profile_dense.py                                  # resnet50 512x512 batch 2
+    python benchmarks/profile_dense.py --setting resnet50:800x1333:1 --repeats 3
+
+Eval (a no-grad forward) is attributed by timing FDConv's parts where the layer calls them; CPU ops run
+synchronously, so the wall time around a call is its cost (hence CPU only). The parts: the per-sample
+convolution, the weight images (group attentions times the spectrum, then the inverse FFT), the local attention's
+logits, the modulation of the weights by the attentions, the global attention branch, frequency band modulation
+(FBM), the rest of FDConv's forward (pooling, chunking, bias), and everything outside FDConv layers.
+
+A training step's backward runs in autograd's engine, out of reach of such timers, so it is attributed by
+ablation: the same backbone without FBM, without the local attention, and with its per-sample weights kept for
+backward instead of recomputed, each timed round-robin with the base model and the full FDConv backbone. The
+difference to the full backbone is what that part costs in forward, recompute and backward together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import format_table, machine_description, median_times  # noqa: E402
+from bench_dense import Setting, activate_attentions, training_or_eval_step  # noqa: E402
+
+from fdconv_zoo import FDConv  # noqa: E402
+from fdconv_zoo.layers import fdconv as fdconv_module  # noqa: E402
+
+__all__ = ["ABLATIONS", "EVAL_PARTS", "main"]
+
+# (label, owner, attribute): the callables timed in eval, all called inside FDConv.forward.
+EVAL_PARTS = [
+    ("per-sample convolution", fdconv_module, "per_sample_conv"),
+    ("weight images (group attention x spectrum, inverse FFT)", fdconv_module, "weight_image"),
+    ("local attention logits", fdconv_module.KernelSpatialModulationLocal, "forward"),
+    ("weight modulation (attention products)", fdconv_module, "modulate_weight"),
+    ("global attention branch", fdconv_module.KernelSpatialModulationGlobal, "forward"),
+    ("frequency band modulation (FBM)", fdconv_module.FrequencyBandModulation, "forward"),
+]
+
+
+def _without(part: str) -> Callable[[FDConv], None]:
+    def ablate(layer: FDConv) -> None:
+        if hasattr(layer, part):
+            delattr(layer, part)
+
+    return ablate
+
+
+def _keep_weights(layer: FDConv) -> None:
+    layer.recompute_weight = False
+
+
+_ALL_FDCONV = "FDConv layers in all"
+_REST = "rest of FDConv's forward (pooling, chunks, bias)"
+_OUTSIDE = "outside FDConv layers (stem, norms, activations, plain convs)"
+
+# (label, change to every FDConv layer): training-step ablations.
+ABLATIONS: list[tuple[str, Callable[[FDConv], None]]] = [
+    ("without FBM", _without("FBM")),
+    ("without the local attention", _without("KSM_Local")),
+    ("per-sample weights kept, not recomputed", _keep_weights),
+]
+
+
+@contextlib.contextmanager
+def _timed(parts: list[tuple[str, object, str]], totals: dict[str, float]) -> Iterator[None]:
+    """Wrap each callable so that its wall time adds to ``totals[label]``; restored on exit."""
+    originals = [(owner, attr, getattr(owner, attr)) for _, owner, attr in parts]
+
+    def wrap(label: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[label] += time.perf_counter() - start
+
+        return timed
+
+    try:
+        for (label, owner, attr), (_, _, fn) in zip(parts, originals):
+            setattr(owner, attr, wrap(label, fn))
+        yield
+    finally:
+        for owner, attr, fn in originals:
+            setattr(owner, attr, fn)
+
+
+def _fdconv_model(setting: Setting, change: Callable[[FDConv], None] | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    model = setting.create(f"{setting.model}_fdconv")
+    activate_attentions(model)
+    for layer in model.modules():
+        if change is not None and isinstance(layer, FDConv) and layer.use_fdconv:
+            change(layer)
+    return model
+
+
+def eval_attribution(setting: Setting, repeats: int) -> dict[str, float]:
+    """ms per no-grad forward of each part of the FDConv backbone, of the backbone in all (``"total"``) and of the
+    base model timed alone (``"base"``)."""
+    x = torch.randn(setting.batch, 3, setting.height, setting.width)
+    base, model = setting.create(setting.model).eval(), _fdconv_model(setting).eval()
+    base_ms = median_times({"base": training_or_eval_step(base, x, False, None)}, x.device, repeats=repeats)["base"]
+    step = training_or_eval_step(model, x, False, None)
+    step()
+    totals: dict[str, float] = defaultdict(float)
+    start = time.perf_counter()
+    with _timed([*EVAL_PARTS, (_ALL_FDCONV, fdconv_module.FDConv, "forward")], totals):
+        for _ in range(repeats):
+            step()
+    total = (time.perf_counter() - start) * 1e3 / repeats
+    ms = {label: totals[label] * 1e3 / repeats for label, _, _ in EVAL_PARTS}
+    fdconv_ms = totals[_ALL_FDCONV] * 1e3 / repeats
+    ms[_REST] = fdconv_ms - sum(ms.values())
+    ms[_OUTSIDE] = total - fdconv_ms
+    return ms | {"total": total, "base": base_ms}
+
+
+def training_ablations(setting: Setting, repeats: int) -> list[list[str]]:
+    """Rows (variant, ms per training step, ratio to the base model, ms saved against the full backbone)."""
+    x = torch.randn(setting.batch, 3, setting.height, setting.width)
+    models = {"base": setting.create(setting.model), "full FDConv": _fdconv_model(setting)}
+    models.update({label: _fdconv_model(setting, change) for label, change in ABLATIONS})
+    times = median_times({name: training_or_eval_step(m.train(), x, True, None) for name, m in models.items()}, x.device, repeats=repeats)
+    full = times["full FDConv"]
+    return [[name, f"{ms:.0f}", f"{ms / times['base']:.2f}x", "-" if name in ("base", "full FDConv") else f"{full - ms:.0f}"] for name, ms in times.items()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setting", type=Setting.parse, default=Setting("resnet50", 512, 512, 2), help="MODEL:HxW:BATCH (default resnet50:512x512:2)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    if args.setting.classifier:
+        parser.error("profile a backbone (MODEL:HxW:BATCH without :classifier)")
+    torch.set_num_threads(args.threads)
+    print(f"{args.setting}, float32, {machine_description(torch.device('cpu'), args.threads)}\n")
+    print("Eval, one no-grad forward, attributed to FDConv's parts:\n")
+    ms = eval_attribution(args.setting, args.repeats)
+    rows = [[label, f"{v:.0f}", f"{100 * v / ms['total']:.0f}%"] for label, v in ms.items() if label not in ("total", "base")]
+    rows += [["FDConv backbone, in all", f"{ms['total']:.0f}", "100%"], [f"{args.setting.model} (the base model, timed alone)", f"{ms['base']:.0f}", "-"]]
+    print(format_table(["part", "ms", "share"], rows, args.markdown))
+    print("\nTraining step (forward, loss, backward), ablations timed round-robin:\n")
+    print(format_table(["variant", "ms", "/ base", "ms less than full"], training_ablations(args.setting, args.repeats), args.markdown))
+
+
+if __name__ == "__main__":
+    main()
