@@ -100,9 +100,10 @@ def _fdconv_model(setting: Setting, change: Callable[[FDConv], None] | None = No
     torch.manual_seed(0)
     model = setting.create(f"{setting.model}_fdconv")
     activate_attentions(model)
-    for layer in model.modules():
-        if change is not None and isinstance(layer, FDConv) and layer.use_fdconv:
-            change(layer)
+    if change is not None:
+        for layer in model.modules():
+            if isinstance(layer, FDConv) and layer.use_fdconv:
+                change(layer)
     return model
 
 

@@ -145,17 +145,15 @@ def band_lowpass(x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False, s
             lows.append(torch.zeros_like(x))
             continue
         re, im = real[..., :rk, :ck], imag[..., :rk, :ck]
+        block = torch.cat([torch.cat([re, im], -1), torch.cat([im, -re], -1)], -2)  # (..., 2rk, 2ck)
         synth_h = torch.cat([cos_h[:, :rk], sin_h[:, :rk]], 1) / h  # (H, 2rk)
         wk = weight_w[:ck]
-        # Synthesis in whichever order multiplies less: rows then columns (small (H, 2ck) intermediate; wins
-        # for the wide low bands of large maps) or columns then rows.
+        synth_w = torch.cat([cos_w[:, :ck] * wk, sin_w[:, :ck] * wk], 1).T  # (2ck, W)
+        # synth_h @ block @ synth_w, associated the way that multiplies less: rows first (a small (H, 2ck)
+        # intermediate; wins for the wide low bands of large maps) or columns first.
         if h * 2 * rk * 2 * ck + h * 2 * ck * w < 2 * rk * 2 * ck * w + h * 2 * rk * w:
-            block = torch.cat([torch.cat([re, -im], -1), torch.cat([im, re], -1)], -2)  # (..., 2rk, 2ck)
-            synth_w = torch.cat([cos_w[:, :ck] * wk, -sin_w[:, :ck] * wk], 1).T  # (2ck, W)
             lows.append(torch.matmul(torch.matmul(synth_h, block), synth_w))
         else:
-            block = torch.cat([torch.cat([re, im], -1), torch.cat([im, -re], -1)], -2)
-            synth_w = torch.cat([cos_w[:, :ck] * wk, sin_w[:, :ck] * wk], 1).T
             lows.append(torch.matmul(synth_h, torch.matmul(block, synth_w)))
     return lows
 
