@@ -280,3 +280,22 @@ def test_profile_dense_ablations_change_every_fdconv_layer(profile_dense):
     assert all(m.recompute_weight is False for m in kept.modules() if isinstance(m, FDConv) and m.use_fdconv)
     with pytest.raises(SystemExit):
         profile_dense.main(["--setting", "resnet50:224x224:8:classifier"])
+
+
+def test_gemm_backend_same_bands_both_ways(capsys):
+    bench_gemm = _load("bench_gemm_backend")
+    result = bench_gemm.main(["--shapes", "1x8x16x16", "2x4x12x20", "--repeats", "1", "--threads", "1", "--markdown"])
+    assert torch.matmul is bench_gemm._blas_matmul  # the switch is undone
+    assert set(result["shapes"]) == {"1x8x16x16", "2x4x12x20"}
+    for entry in result["shapes"].values():
+        assert 0 <= entry["max_difference"] < 1e-5 and all(ms > 0 for ms in entry["ms"])
+    rows = _table_rows(capsys.readouterr().out, "all layers")
+    assert len(rows) == 1 and rows[0][1] == "2"
+
+
+def test_gemm_backend_convolution_matmul_matches_matmul():
+    bench_gemm = _load("bench_gemm_backend")
+    a, b = torch.randn(3, 5, 7, 4, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    torch.testing.assert_close(bench_gemm.convolution_matmul(a.float(), b.float()).double(), a @ b, rtol=1e-5, atol=1e-5)
+    m, x = torch.randn(6, 7, dtype=torch.float64), torch.randn(2, 3, 7, 4, dtype=torch.float64)
+    torch.testing.assert_close(bench_gemm.convolution_matmul(m.float(), x.float()).double(), m @ x, rtol=1e-5, atol=1e-5)

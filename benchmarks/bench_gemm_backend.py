@@ -1,0 +1,138 @@
+"""FBM's band split with its GEMMs on the BLAS (``torch.matmul``) or on oneDNN (as 1x1 convolutions), CPU.
+
+    python benchmarks/bench_gemm_backend.py --markdown
+    python benchmarks/bench_gemm_backend.py --shapes 2x64x128x128 --repeats 20
+
+On the CPU, ``torch.matmul`` runs on the BLAS the wheel links (MKL on x86), while convolutions run on oneDNN's
+own kernels. The same product can be written either way: ``x @ m`` over the last axis is a 1x1 convolution of
+``x`` seen channels-last (no copy), and ``a @ x`` over the second-to-last axis a 1x1 ``conv1d`` of ``x`` as it
+lies. This script measures whether the band split (:func:`fdconv_zoo.layers.band_lowpass`, all GEMMs) would
+gain from the second form, at the FBM input shapes of ResNet-50 at 512x512, batch 2, before the layer takes
+it: forward, and forward plus backward, round-robin medians in one process, and the largest difference
+between the two forms' bands (they compute the same sums in another order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import format_table, machine_description, median_times  # noqa: E402
+
+from fdconv_zoo.layers import band_lowpass  # noqa: E402
+
+__all__ = ["RESNET50_512_FBM_INPUTS", "convolution_matmul", "main", "matmul_as_convolution"]
+
+# (shape, number of FBM layers that see it) in resnet50_fdconv at 512x512, batch 2
+RESNET50_512_FBM_INPUTS = [
+    ((2, 64, 128, 128), 3),
+    ((2, 128, 128, 128), 1),
+    ((2, 128, 64, 64), 3),
+    ((2, 256, 64, 64), 1),
+    ((2, 256, 32, 32), 5),
+    ((2, 512, 32, 32), 1),
+    ((2, 512, 16, 16), 2),
+]
+CUTOFFS = (2, 4, 8)  # FBM's default k_list
+
+_blas_matmul = torch.matmul
+
+
+def convolution_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.matmul(a, b)`` as a 1x1 convolution where one side is a matrix and the other a stack of them;
+    any other case stays a matmul."""
+    if b.dim() == 2 and a.dim() > 2:  # over the last axis: the rows of a are channels-last positions
+        lead, k = a.shape[:-1], a.shape[-1]
+        y = F.conv2d(a.reshape(1, -1, 1, k).permute(0, 3, 1, 2), b.T[:, :, None, None])
+        return y.permute(0, 2, 3, 1).reshape(*lead, b.shape[1])
+    if a.dim() == 2 and b.dim() > 2:  # over the second-to-last axis: b's matrices are (channels, width) maps
+        lead = b.shape[:-2]
+        return F.conv1d(b.reshape(-1, *b.shape[-2:]), a[:, :, None]).view(*lead, a.shape[0], b.shape[-1])
+    return _blas_matmul(a, b)
+
+
+@contextlib.contextmanager
+def matmul_as_convolution() -> Iterator[None]:
+    """``torch.matmul`` is :func:`convolution_matmul` inside the block (a benchmark-only switch)."""
+    torch.matmul = convolution_matmul
+    try:
+        yield
+    finally:
+        torch.matmul = _blas_matmul
+
+
+def _split(x: torch.Tensor, on_convolution: bool, backward: bool):
+    def run() -> None:
+        with matmul_as_convolution() if on_convolution else contextlib.nullcontext(), torch.set_grad_enabled(backward):
+            lows = band_lowpass(x, CUTOFFS)
+            if backward:
+                torch.autograd.backward(lows, [torch.ones_like(low) for low in lows])
+
+    return run
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"a shape is BxCxHxW with positive sizes, like 2x64x128x128; got {text!r}")
+    return shape
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", type=_parse_shape, nargs="+", help="BxCxHxW inputs (default: resnet50 at 512x512, batch 2)")
+    p.add_argument("--repeats", type=int, default=9, help="timed runs per variant (median)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--markdown", action="store_true", help="GitHub Markdown table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shapes = [(s, 1) for s in args.shapes] if args.shapes else RESNET50_512_FBM_INPUTS
+    rows, results, totals = [], {}, [0.0] * 4
+    for shape, layers in shapes:
+        torch.manual_seed(0)
+        x = torch.randn(shape)
+        with torch.no_grad():
+            reference = band_lowpass(x, CUTOFFS)
+            with matmul_as_convolution():
+                difference = max((a - b).abs().max().item() for a, b in zip(reference, band_lowpass(x, CUTOFFS)))
+        grad_x = x.clone().requires_grad_()
+        fns = {}
+        for on_convolution in (False, True):
+            fns[("forward", on_convolution)] = _split(x, on_convolution, backward=False)
+            fns[("train", on_convolution)] = _split(grad_x, on_convolution, backward=True)
+        times = median_times(fns, torch.device("cpu"), repeats=args.repeats)
+        cells = [times[("forward", False)], times[("forward", True)], times[("train", False)], times[("train", True)]]
+        totals = [t + layers * c for t, c in zip(totals, cells)]
+        results["x".join(map(str, shape))] = {"layers": layers, "ms": cells, "max_difference": difference}
+        rows.append(_row("x".join(map(str, shape)), layers, cells, f"{difference:.1e}"))
+    rows.append(_row("all layers", sum(n for _, n in shapes), totals, "-"))
+    header = ["input", "layers", "forward ms, matmul / conv", "conv / matmul", "fwd+bwd ms, matmul / conv", "conv / matmul", "max abs difference"]
+    print(f"**Band split GEMM backend.** {machine_description(torch.device('cpu'), args.threads)}; cut-offs {CUTOFFS}; medians of {args.repeats}.\n")
+    print(format_table(header, rows, args.markdown))
+    return {"shapes": results, "total_ms": totals}
+
+
+def _row(label: str, layers: int, cells: list[float], difference: str) -> list[object]:
+    fwd_mm, fwd_conv, train_mm, train_conv = cells
+    return [
+        label, layers, f"{fwd_mm:.1f} / {fwd_conv:.1f}", f"{fwd_conv / fwd_mm:.2f}x",
+        f"{train_mm:.1f} / {train_conv:.1f}", f"{train_conv / train_mm:.2f}x", difference,
+    ]
+
+
+if __name__ == "__main__":
+    main()
