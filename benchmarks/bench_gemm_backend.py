@@ -9,7 +9,10 @@ own kernels. The same product can be written either way: ``x @ m`` over the last
 lies. This script measures whether the band split (:func:`fdconv_zoo.layers.band_lowpass`, all GEMMs) would
 gain from the second form, at the FBM input shapes of ResNet-50 at 512x512, batch 2, before the layer takes
 it: forward, and forward plus backward, round-robin medians in one process, and the largest difference
-between the two forms' bands (they compute the same sums in another order).
+between the two forms' bands (they compute the same sums in another order). ``--backbone`` adds what it does
+to a whole FDConv backbone's eval forward and training step (as in ``bench_dense.py``), against its base model.
+
+    python benchmarks/bench_gemm_backend.py --backbone resnet50:512x512:2 --markdown
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import format_table, machine_description, median_times  # noqa: E402
+from bench_dense import Setting, activate_attentions, training_or_eval_step  # noqa: E402
 
 from fdconv_zoo.layers import band_lowpass  # noqa: E402
 
@@ -68,6 +72,14 @@ def matmul_as_convolution() -> Iterator[None]:
         torch.matmul = _blas_matmul
 
 
+def _on_convolution(fn: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        with matmul_as_convolution():
+            fn()
+
+    return run
+
+
 def _split(x: torch.Tensor, on_convolution: bool, backward: bool):
     def run() -> None:
         with matmul_as_convolution() if on_convolution else contextlib.nullcontext(), torch.set_grad_enabled(backward):
@@ -93,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", type=_parse_shape, nargs="+", help="BxCxHxW inputs (default: resnet50 at 512x512, batch 2)")
     p.add_argument("--repeats", type=int, default=9, help="timed runs per variant (median)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--backbone", type=Setting.parse, help="also time a whole backbone both ways, e.g. resnet50:512x512:2")
     p.add_argument("--markdown", action="store_true", help="GitHub Markdown table")
     return p
 
@@ -117,13 +130,40 @@ def main(argv: list[str] | None = None) -> dict:
         times = median_times(fns, torch.device("cpu"), repeats=args.repeats)
         cells = [times[("forward", False)], times[("forward", True)], times[("train", False)], times[("train", True)]]
         totals = [t + layers * c for t, c in zip(totals, cells)]
-        results["x".join(map(str, shape))] = {"layers": layers, "ms": cells, "max_difference": difference}
-        rows.append(_row("x".join(map(str, shape)), layers, cells, f"{difference:.1e}"))
+        label = "x".join(map(str, shape))
+        results[label] = {"layers": layers, "ms": cells, "max_difference": difference}
+        rows.append(_row(label, layers, cells, f"{difference:.1e}"))
     rows.append(_row("all layers", sum(n for _, n in shapes), totals, "-"))
     header = ["input", "layers", "forward ms, matmul / conv", "conv / matmul", "fwd+bwd ms, matmul / conv", "conv / matmul", "max abs difference"]
     print(f"**Band split GEMM backend.** {machine_description(torch.device('cpu'), args.threads)}; cut-offs {CUTOFFS}; medians of {args.repeats}.\n")
     print(format_table(header, rows, args.markdown))
-    return {"shapes": results, "total_ms": totals}
+    if args.backbone is None:
+        return {"shapes": results, "total_ms": totals}
+    backbone = _backbone_times(args.backbone, args.repeats)
+    print(f"\n**{args.backbone}**, every `torch.matmul` of the step (in FDConv layers: the band split's) on the BLAS or as convolutions.\n")
+    header = ["mode", "base ms", "FDConv ms, matmul / conv", "conv / matmul", "FDConv / base, matmul", "FDConv / base, conv"]
+    rows = [
+        [mode, f"{t['base']:.0f}", f"{t['matmul']:.0f} / {t['conv']:.0f}", f"{t['conv'] / t['matmul']:.2f}x", f"{t['matmul'] / t['base']:.2f}x", f"{t['conv'] / t['base']:.2f}x"]
+        for mode, t in backbone.items()
+    ]
+    print(format_table(header, rows, args.markdown))
+    return {"shapes": results, "total_ms": totals, "backbone": backbone}
+
+
+def _backbone_times(setting: Setting, repeats: int) -> dict[str, dict[str, float]]:
+    """Median ms of the base model and the FDConv model (matmul and convolution forms), eval and training step,
+    round-robin in this process."""
+    base, fdconv = setting.create(setting.model), setting.create(f"{setting.model}_fdconv")
+    activate_attentions(fdconv)
+    x = torch.randn(setting.batch, 3, setting.height, setting.width)
+    times = {}
+    for mode, train in (("eval", False), ("train", True)):
+        base.train(train)
+        fdconv.train(train)
+        step = training_or_eval_step(fdconv, x, train, None)
+        fns = {"base": training_or_eval_step(base, x, train, None), "matmul": step, "conv": _on_convolution(step)}
+        times[mode] = median_times(fns, torch.device("cpu"), repeats=repeats)
+    return times
 
 
 def _row(label: str, layers: int, cells: list[float], difference: str) -> list[object]:

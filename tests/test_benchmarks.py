@@ -299,3 +299,16 @@ def test_gemm_backend_convolution_matmul_matches_matmul():
     torch.testing.assert_close(bench_gemm.convolution_matmul(a.float(), b.float()).double(), a @ b, rtol=1e-5, atol=1e-5)
     m, x = torch.randn(6, 7, dtype=torch.float64), torch.randn(2, 3, 7, 4, dtype=torch.float64)
     torch.testing.assert_close(bench_gemm.convolution_matmul(m.float(), x.float()).double(), m @ x, rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_backend_backbone_rows(capsys):
+    bench_gemm = _load("bench_gemm_backend")
+    out = bench_gemm.main(["--shapes", "1x8x16x16", "--repeats", "1", "--threads", "1", "--backbone", "resnet18:64x64:2", "--markdown"])
+    assert torch.matmul is bench_gemm._blas_matmul
+    assert set(out["backbone"]) == {"eval", "train"}
+    for times in out["backbone"].values():
+        assert set(times) == {"base", "matmul", "conv"} and all(v > 0 for v in times.values())
+    line = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| train"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    train = out["backbone"]["train"]
+    assert cells[3] == f"{train['conv'] / train['matmul']:.2f}x" and cells[4] == f"{train['matmul'] / train['base']:.2f}x"
