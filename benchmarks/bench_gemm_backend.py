@@ -4,13 +4,13 @@
     python benchmarks/bench_gemm_backend.py --shapes 2x64x128x128 --repeats 20
 
 On the CPU, ``torch.matmul`` runs on the BLAS the wheel links (MKL on x86), while convolutions run on oneDNN's
-own kernels. The same product can be written either way: ``x @ m`` over the last axis is a 1x1 convolution of
-``x`` seen channels-last (no copy), and ``a @ x`` over the second-to-last axis a 1x1 ``conv1d`` of ``x`` as it
-lies. This script measures whether the band split (:func:`fdconv_zoo.layers.band_lowpass`, all GEMMs) would
-gain from the second form, at the FBM input shapes of ResNet-50 at 512x512, batch 2, before the layer takes
-it: forward, and forward plus backward, round-robin medians in one process, and the largest difference
-between the two forms' bands (they compute the same sums in another order). ``--backbone`` adds what it does
-to a whole FDConv backbone's eval forward and training step (as in ``bench_dense.py``), against its base model.
+own kernels. The same product can be written either way (:mod:`fdconv_zoo.layers.convolution_matmul`), and the
+band split (:func:`fdconv_zoo.layers.band_lowpass`, all GEMMs) takes either: ``convolution_gemms``, which the
+execution planner turns on for large CPU maps. This script times both forms at the FBM input shapes of ResNet-50
+at 512x512, batch 2: forward, and forward plus backward, round-robin medians in one process, and the largest
+difference between the two forms' bands (the same sums in another order). ``--backbone`` adds what the choice
+does to a whole FDConv backbone's eval forward and training step (as in ``bench_dense.py``), against its base
+model: the planner's choice, and the BLAS everywhere.
 
     python benchmarks/bench_gemm_backend.py --backbone resnet50:512x512:2 --markdown
 """
@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import format_table, machine_description, median_times  # noqa: E402
 from bench_dense import Setting, activate_attentions, training_or_eval_step  # noqa: E402
 
+import fdconv_zoo.layers.fdconv as fdconv_module  # noqa: E402
 from fdconv_zoo.layers import band_lowpass  # noqa: E402
 
-__all__ = ["RESNET50_512_FBM_INPUTS", "convolution_matmul", "main", "matmul_as_convolution"]
+__all__ = ["RESNET50_512_FBM_INPUTS", "bands_on_blas", "main"]
 
 # (shape, number of FBM layers that see it) in resnet50_fdconv at 512x512, batch 2
 RESNET50_512_FBM_INPUTS = [
@@ -46,35 +47,26 @@ RESNET50_512_FBM_INPUTS = [
 ]
 CUTOFFS = (2, 4, 8)  # FBM's default k_list
 
-_blas_matmul = torch.matmul
+_planned = fdconv_module.plan_execution
 
 
-def convolution_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``torch.matmul(a, b)`` as a 1x1 convolution where one side is a matrix and the other a stack of them;
-    any other case stays a matmul."""
-    if b.dim() == 2 and a.dim() > 2:  # over the last axis: the rows of a are channels-last positions
-        lead, k = a.shape[:-1], a.shape[-1]
-        y = F.conv2d(a.reshape(1, -1, 1, k).permute(0, 3, 1, 2), b.T[:, :, None, None])
-        return y.permute(0, 2, 3, 1).reshape(*lead, b.shape[1])
-    if a.dim() == 2 and b.dim() > 2:  # over the second-to-last axis: b's matrices are (channels, width) maps
-        lead = b.shape[:-2]
-        return F.conv1d(b.reshape(-1, *b.shape[-2:]), a[:, :, None]).view(*lead, a.shape[0], b.shape[-1])
-    return _blas_matmul(a, b)
+def _plan_on_blas(layer, x: torch.Tensor):
+    return dataclasses.replace(_planned(layer, x), convolution_band_gemms=False)
 
 
 @contextlib.contextmanager
-def matmul_as_convolution() -> Iterator[None]:
-    """``torch.matmul`` is :func:`convolution_matmul` inside the block (a benchmark-only switch)."""
-    torch.matmul = convolution_matmul
+def bands_on_blas() -> Iterator[None]:
+    """Inside the block every FDConv layer's band split runs on ``torch.matmul`` (a benchmark-only switch)."""
+    fdconv_module.plan_execution = _plan_on_blas
     try:
         yield
     finally:
-        torch.matmul = _blas_matmul
+        fdconv_module.plan_execution = _planned
 
 
-def _on_convolution(fn: Callable[[], None]) -> Callable[[], None]:
+def _on_blas(fn: Callable[[], None]) -> Callable[[], None]:
     def run() -> None:
-        with matmul_as_convolution():
+        with bands_on_blas():
             fn()
 
     return run
@@ -82,8 +74,8 @@ def _on_convolution(fn: Callable[[], None]) -> Callable[[], None]:
 
 def _split(x: torch.Tensor, on_convolution: bool, backward: bool):
     def run() -> None:
-        with matmul_as_convolution() if on_convolution else contextlib.nullcontext(), torch.set_grad_enabled(backward):
-            lows = band_lowpass(x, CUTOFFS)
+        with torch.set_grad_enabled(backward):
+            lows = band_lowpass(x, CUTOFFS, convolution_gemms=on_convolution)
             if backward:
                 torch.autograd.backward(lows, [torch.ones_like(low) for low in lows])
 
@@ -119,9 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.manual_seed(0)
         x = torch.randn(shape)
         with torch.no_grad():
-            reference = band_lowpass(x, CUTOFFS)
-            with matmul_as_convolution():
-                difference = max((a - b).abs().max().item() for a, b in zip(reference, band_lowpass(x, CUTOFFS)))
+            pairs = zip(band_lowpass(x, CUTOFFS), band_lowpass(x, CUTOFFS, convolution_gemms=True))
+            difference = max((a - b).abs().max().item() for a, b in pairs)
         grad_x = x.clone().requires_grad_()
         fns = {}
         for on_convolution in (False, True):
@@ -140,10 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.backbone is None:
         return {"shapes": results, "total_ms": totals}
     backbone = _backbone_times(args.backbone, args.repeats)
-    print(f"\n**{args.backbone}**, every `torch.matmul` of the step (in FDConv layers: the band split's) on the BLAS or as convolutions.\n")
-    header = ["mode", "base ms", "FDConv ms, matmul / conv", "conv / matmul", "FDConv / base, matmul", "FDConv / base, conv"]
+    print(f"\n**{args.backbone}**, the FDConv layers' band splits all on the BLAS (matmul) or as planned (conv on large maps).\n")
+    header = ["mode", "base ms", "FDConv ms, matmul / planned", "planned / matmul", "FDConv / base, matmul", "FDConv / base, planned"]
     rows = [
-        [mode, f"{t['base']:.0f}", f"{t['matmul']:.0f} / {t['conv']:.0f}", f"{t['conv'] / t['matmul']:.2f}x", f"{t['matmul'] / t['base']:.2f}x", f"{t['conv'] / t['base']:.2f}x"]
+        [mode, f"{t['base']:.0f}", f"{t['matmul']:.0f} / {t['planned']:.0f}", f"{t['planned'] / t['matmul']:.2f}x", f"{t['matmul'] / t['base']:.2f}x", f"{t['planned'] / t['base']:.2f}x"]
         for mode, t in backbone.items()
     ]
     print(format_table(header, rows, args.markdown))
@@ -151,8 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _backbone_times(setting: Setting, repeats: int) -> dict[str, dict[str, float]]:
-    """Median ms of the base model and the FDConv model (matmul and convolution forms), eval and training step,
-    round-robin in this process."""
+    """Median ms of the base model and the FDConv model (band splits on the BLAS, and as planned), eval and
+    training step, round-robin in this process."""
     base, fdconv = setting.create(setting.model), setting.create(f"{setting.model}_fdconv")
     activate_attentions(fdconv)
     x = torch.randn(setting.batch, 3, setting.height, setting.width)
@@ -161,7 +152,7 @@ def _backbone_times(setting: Setting, repeats: int) -> dict[str, dict[str, float
         base.train(train)
         fdconv.train(train)
         step = training_or_eval_step(fdconv, x, train, None)
-        fns = {"base": training_or_eval_step(base, x, train, None), "matmul": step, "conv": _on_convolution(step)}
+        fns = {"base": training_or_eval_step(base, x, train, None), "matmul": _on_blas(step), "planned": step}
         times[mode] = median_times(fns, torch.device("cpu"), repeats=repeats)
     return times
 

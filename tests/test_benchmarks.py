@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import fdconv_zoo.layers.fdconv as fdconv_module
+from fdconv_zoo import FDConv
+from fdconv_zoo.layers import plan_execution
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY_RESNET = json.dumps({"layers": [1, 1, 1, 1], "channels": [32, 64, 96, 128], "num_classes": 10})
 
@@ -285,7 +289,6 @@ def test_profile_dense_ablations_change_every_fdconv_layer(profile_dense):
 def test_gemm_backend_same_bands_both_ways(capsys):
     bench_gemm = _load("bench_gemm_backend")
     result = bench_gemm.main(["--shapes", "1x8x16x16", "2x4x12x20", "--repeats", "1", "--threads", "1", "--markdown"])
-    assert torch.matmul is bench_gemm._blas_matmul  # the switch is undone
     assert set(result["shapes"]) == {"1x8x16x16", "2x4x12x20"}
     for entry in result["shapes"].values():
         assert 0 <= entry["max_difference"] < 1e-5 and all(ms > 0 for ms in entry["ms"])
@@ -293,22 +296,24 @@ def test_gemm_backend_same_bands_both_ways(capsys):
     assert len(rows) == 1 and rows[0][1] == "2"
 
 
-def test_gemm_backend_convolution_matmul_matches_matmul():
+def test_gemm_backend_blas_switch_reaches_the_planner():
     bench_gemm = _load("bench_gemm_backend")
-    a, b = torch.randn(3, 5, 7, 4, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
-    torch.testing.assert_close(bench_gemm.convolution_matmul(a.float(), b.float()).double(), a @ b, rtol=1e-5, atol=1e-5)
-    m, x = torch.randn(6, 7, dtype=torch.float64), torch.randn(2, 3, 7, 4, dtype=torch.float64)
-    torch.testing.assert_close(bench_gemm.convolution_matmul(m.float(), x.float()).double(), m @ x, rtol=1e-5, atol=1e-5)
+    layer = FDConv(8, 8, 3, padding=1)
+    x = torch.randn(1, 8, 64, 64)
+    assert fdconv_module.plan_execution(layer, x).convolution_band_gemms
+    with bench_gemm.bands_on_blas():
+        assert not fdconv_module.plan_execution(layer, x).convolution_band_gemms
+    assert fdconv_module.plan_execution is plan_execution  # the switch is undone
 
 
 def test_gemm_backend_backbone_rows(capsys):
     bench_gemm = _load("bench_gemm_backend")
     out = bench_gemm.main(["--shapes", "1x8x16x16", "--repeats", "1", "--threads", "1", "--backbone", "resnet18:64x64:2", "--markdown"])
-    assert torch.matmul is bench_gemm._blas_matmul
+    assert fdconv_module.plan_execution is plan_execution
     assert set(out["backbone"]) == {"eval", "train"}
     for times in out["backbone"].values():
-        assert set(times) == {"base", "matmul", "conv"} and all(v > 0 for v in times.values())
+        assert set(times) == {"base", "matmul", "planned"} and all(v > 0 for v in times.values())
     line = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| train"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     train = out["backbone"]["train"]
-    assert cells[3] == f"{train['conv'] / train['matmul']:.2f}x" and cells[4] == f"{train['matmul'] / train['base']:.2f}x"
+    assert cells[3] == f"{train['planned'] / train['matmul']:.2f}x" and cells[4] == f"{train['matmul'] / train['base']:.2f}x"

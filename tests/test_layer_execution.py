@@ -101,6 +101,32 @@ def test_plan_follows_grad_mode_and_input():
         plan.method = ConvMethod.IM2COL  # type: ignore[misc]
 
 
+def test_band_split_runs_on_convolutions_for_large_eager_cpu_float32_maps():
+    layer = FDConv(16, 16, 3, padding=1)
+    large, small = torch.randn(1, 16, 64, 64), torch.randn(1, 16, 63, 64)
+    assert plan_execution(layer, large).convolution_band_gemms
+    assert not plan_execution(layer, small).convolution_band_gemms
+    assert not plan_execution(layer.double(), large.double()).convolution_band_gemms  # no fast float64 convolution
+    token_layer = FDConv(16, 16, 1, token_layout=True)
+    assert not plan_execution(token_layer, torch.randn(1, 64, 64, 16)).convolution_band_gemms
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_convolution_band_gemms_plan_gives_the_same_output_and_gradients(train):
+    layer = _layer(CASES[0]).train(train)
+    x = torch.randn(2, layer.in_channels, 9, 8, dtype=torch.float64)
+    plans = (ExecutionPlan(method=ConvMethod.GROUPED, in_place=not train, recompute_bands=train, convolution_band_gemms=c) for c in (False, True))
+    blas, convolution = plans
+    with torch.set_grad_enabled(train):
+        xs = [x.clone().requires_grad_(train) for _ in range(2)]
+        ys = [layer(xi, plan) for xi, plan in zip(xs, (blas, convolution))]
+    assert relative_error(ys[1], ys[0]) < 1e-12
+    if train:
+        for y in ys:
+            y.square().sum().backward()
+        assert relative_error(xs[1].grad, xs[0].grad) < 1e-11
+
+
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize(
     "kwargs,shape,expected",

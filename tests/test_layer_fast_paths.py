@@ -52,23 +52,40 @@ def test_band_masks_equal_the_official_construction_at_every_size(exact):
     assert not mismatched, f"{len(mismatched)} sizes differ, e.g. {mismatched[:5]}"
 
 
+@pytest.mark.parametrize("convolution_gemms", [False, True], ids=["matmul", "convolution"])
 @pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("size", SIZES)
-def test_matmul_band_split_equals_the_fft_band_split(size, exact):
+def test_matmul_band_split_equals_the_fft_band_split(size, exact, convolution_gemms):
     torch.manual_seed(0)
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     expected = official_band_lowpass(x, [2, 4, 8], exact)
-    for j, low in enumerate(band_lowpass(x, [2, 4, 8], exact)):
+    for j, low in enumerate(band_lowpass(x, [2, 4, 8], exact, convolution_gemms=convolution_gemms)):
         assert (low - expected[:, j]).abs().max() < 1e-12
 
 
-def test_matmul_band_split_float32_is_as_accurate_as_the_fft():
+@pytest.mark.parametrize("convolution_gemms", [False, True], ids=["matmul", "convolution"])
+def test_matmul_band_split_float32_is_as_accurate_as_the_fft(convolution_gemms):
     torch.manual_seed(0)
     x = torch.randn(4, 8, 56, 56, dtype=torch.float64)
     reference = official_band_lowpass(x, [2, 4, 8], False)
-    err_matmul = max(relative_error(low, reference[:, j]) for j, low in enumerate(band_lowpass(x.float(), [2, 4, 8])))
+    lows = band_lowpass(x.float(), [2, 4, 8], convolution_gemms=convolution_gemms)
+    err_matmul = max(relative_error(low, reference[:, j]) for j, low in enumerate(lows))
     err_fft = relative_error(official_band_lowpass(x.float(), [2, 4, 8], False), reference)
     assert err_matmul < 4 * max(err_fft, 1e-7)
+
+
+def test_convolution_band_split_gradient_equals_the_fft_band_split_gradient():
+    """float32 bands through 1x1 convolutions differentiate like the FFT split (float64), in channels-last too."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 70, 66, dtype=torch.float64)
+    weights = torch.randn(2, 3, 6, 70, 66, dtype=torch.float64)
+    x64 = x.clone().requires_grad_(True)
+    (official_band_lowpass(x64, [2, 4, 8], False) * weights).sum().backward()
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x32 = x.float().contiguous(memory_format=memory_format).requires_grad_(True)
+        lows = band_lowpass(x32, [2, 4, 8], convolution_gemms=True)
+        sum((low * weights[:, j].float()).sum() for j, low in enumerate(lows)).backward()
+        assert relative_error(x32.grad, x64.grad) < 1e-6
 
 
 def test_local_attention_equals_the_official_conv1d():

@@ -2,8 +2,9 @@
 
 The official masks are Chebyshev low-pass boxes made on a 64x64 grid and nearest-resized to the input size. They
 are separable and keep few frequencies, so every band is computed as a product of partial DFTs (plain
-``matmul``: it differentiates, compiles and exports to ONNX). 1-D and 3-D inputs (this package's extension) get
-the same boxes over their ``rfftn`` bins, made on a 64-point grid per axis and resized the same way.
+``matmul``: it differentiates, compiles and exports to ONNX; on large CPU maps the same products run as 1x1
+convolutions, see :mod:`.convolution_matmul`). 1-D and 3-D inputs (this package's extension) get the same boxes
+over their ``rfftn`` bins, made on a 64-point grid per axis and resized the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .bounded_attention import bounded_attention
 from .conv_geometry import CONV_CLASSES, conv_nd
+from .convolution_matmul import convolution_matmul
 from .execution import float32_region
 
 __all__ = ["FBM_MASK_GRID", "FrequencyBandModulation", "band_axis_factors", "band_lowpass", "band_mask_factors", "band_masks"]
@@ -109,7 +111,9 @@ def _nested_order(keeps: list[list[bool]]) -> tuple[list[int], list[int]]:
     return order, [sum(keep) for keep in keeps]
 
 
-def band_lowpass(x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False, spatial_dims: int = 2) -> list[torch.Tensor]:
+def band_lowpass(
+    x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False, spatial_dims: int = 2, convolution_gemms: bool = False
+) -> list[torch.Tensor]:
     """``irfftn(rfftn(x) * mask_k)`` over the last ``spatial_dims`` axes of ``x`` for every cut-off, as matrix
     products (1-D and 3-D: :func:`_band_lowpass_nd`; 2-D below).
 
@@ -119,6 +123,7 @@ def band_lowpass(x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False, s
     than four 2-D FFTs on the CPU at the feature sizes FBM runs on, and is plain ``matmul``: it differentiates,
     compiles and exports to ONNX. It reproduces torch's ``irfft2`` exactly in exact arithmetic, including its
     reading of only the real part of the zero and Nyquist columns when a resized mask is not symmetric.
+    ``convolution_gemms`` (2-D only) runs the same products as 1x1 convolutions (:func:`convolution_matmul`).
     """
     if spatial_dims != 2:
         return _band_lowpass_nd(x, cutoffs, exact, spatial_dims)
@@ -134,7 +139,8 @@ def band_lowpass(x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False, s
     cos_w, sin_w = _dft_basis(w, cols, x.dtype, x.device)
     # Real-signal synthesis weights along W: the zero and Nyquist columns count once, the others twice.
     weight_w = torch.tensor([1.0 if j == 0 or 2 * j == w else 2.0 for j in cols], dtype=x.dtype, device=x.device) / w
-    analysed = torch.matmul(torch.cat([cos_h, sin_h], 1).T, torch.matmul(x, torch.cat([cos_w, sin_w], 1)))
+    matmul = convolution_matmul if convolution_gemms else torch.matmul
+    analysed = matmul(torch.cat([cos_h, sin_h], 1).T, matmul(x, torch.cat([cos_w, sin_w], 1)))
     r, c = len(rows), len(cols)
     # Real and imaginary parts of the (H-complex) spectrum on the kept bins: (..., r, c) each.
     real = analysed[..., :r, :c] - analysed[..., r:, c:]
@@ -152,9 +158,9 @@ def band_lowpass(x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False, s
         # synth_h @ block @ synth_w, associated the way that multiplies less: rows first (a small (H, 2ck)
         # intermediate; wins for the wide low bands of large maps) or columns first.
         if h * 2 * rk * 2 * ck + h * 2 * ck * w < 2 * rk * 2 * ck * w + h * 2 * rk * w:
-            lows.append(torch.matmul(torch.matmul(synth_h, block), synth_w))
+            lows.append(matmul(matmul(synth_h, block), synth_w))
         else:
-            lows.append(torch.matmul(synth_h, torch.matmul(block, synth_w)))
+            lows.append(matmul(synth_h, matmul(block, synth_w)))
     return lows
 
 
@@ -257,22 +263,31 @@ class FrequencyBandModulation(nn.Module):
         logits = conv_nd(x, weight.flatten(0, 1), convs[0], groups=g, bias=bias.flatten())
         return bounded_attention(logits.unflatten(1, (g, n)).transpose(1, 2), self.act, dim=2)
 
-    def forward(self, x: torch.Tensor, *, in_place: bool = False, exporting: bool = False, recompute: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        in_place: bool = False,
+        exporting: bool = False,
+        recompute: bool = False,
+        convolution_gemms: bool = False,
+    ) -> torch.Tensor:
         """Modulated ``x`` (B, C, *spatial). ``in_place`` (only without autograd) accumulates the bands into one
         buffer; ``recompute`` keeps only ``x`` and the attention maps for backward and redoes the band split
-        there (the bands are several input-sized tensors per layer, and the split is cheap next to the rest)."""
+        there (the bands are several input-sized tensors per layer, and the split is cheap next to the rest);
+        ``convolution_gemms`` runs the split's products as 1x1 convolutions (see :func:`band_lowpass`)."""
         compute_dtype = torch.promote_types(x.dtype, torch.float32)
         att = self._attention_maps(x).to(compute_dtype)  # (B, n_att, G, *spatial)
         if recompute:
-            return checkpoint(self._modulate, x, att, in_place, exporting, use_reentrant=False)
-        return self._modulate(x, att, in_place, exporting)
+            return checkpoint(self._modulate, x, att, in_place, exporting, convolution_gemms, use_reentrant=False)
+        return self._modulate(x, att, in_place, exporting, convolution_gemms)
 
-    def _modulate(self, x: torch.Tensor, att: torch.Tensor, in_place: bool, exporting: bool) -> torch.Tensor:
+    def _modulate(self, x: torch.Tensor, att: torch.Tensor, in_place: bool, exporting: bool, convolution_gemms: bool) -> torch.Tensor:
         c = x.shape[1]
         g, n = self.spatial_group, len(self.k_list)
         xf = x.to(att.dtype)
         with float32_region(x.device.type, exporting):  # the band split stays in float32 under autocast
-            lows = band_lowpass(xf, self.k_list, self.exact_masks, self.spatial_dims)  # n tensors (B, C, *spatial)
+            lows = band_lowpass(xf, self.k_list, self.exact_masks, self.spatial_dims, convolution_gemms)  # n x (B, C, *spatial)
         # sum_j a_j (low_{j-1} - low_j) + a_n low_{n-1}, with low_{-1} = x and a_n = 1 (or the low-band
         # attention), telescoped into a_0 x + sum_j (a_{j+1} - a_j) low_j: no high-band tensors.
         last = att[:, n:] if self.lowfreq_att else torch.ones_like(att[:, :1])

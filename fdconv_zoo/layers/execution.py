@@ -3,7 +3,8 @@
 The layer computes one function, but in several equivalent ways: the per-sample convolution as one grouped
 convolution, as im2col + batched matmul, or (token layout) as a batched matmul; the weights of a large batch a
 few samples at a time; the per-sample weights kept for backward or recomputed there; in-place products where
-no autograd is recorded; the separable channel and filter attentions on the weight or on the features.
+no autograd is recorded; the separable channel and filter attentions on the weight or on the features; the
+band split's products on the BLAS or as convolutions.
 :func:`plan_execution` is the only code that looks at the device, grad mode, export or compile state to pick
 among them; everything downstream takes the plan. Tests and users can pass their own plan to ``FDConv.forward``.
 """
@@ -30,6 +31,10 @@ Workspace = dict[str, torch.Tensor]
 # the whole batch's weights pass _TRAIN_CHUNK_FROM (autograd needs fresh buffers, so smaller chunks gain less).
 _EVAL_CHUNK_FROM, _EVAL_CHUNK = 2**19, 2**21
 _TRAIN_CHUNK_FROM, _TRAIN_CHUNK = 2**23, 2**22
+# Positions per 2-D map from which the CPU band split runs its GEMMs as 1x1 convolutions (oneDNN): at 512x512
+# they took 0.64-0.85x the BLAS's time on maps of 64x64 and up, about the same at 32x32, and lost on small maps
+# (benchmarks/bench_gemm_backend.py, README).
+_CONVOLUTION_BANDS_FROM = 64 * 64
 
 
 class ConvMethod(enum.Enum):
@@ -52,7 +57,8 @@ class ExecutionPlan:
     ``float32_attention`` (autocast is on) runs the attention branch in float32 and leaves the weight's dtype to autocast.
     ``fft_reads_hermitian_part``: the device's inverse real FFT itself reads only the Hermitian part of the
     spectrum's edge columns (the CPU's), so they are not symmetrised first. ``recompute_bands`` redoes the
-    frequency band split in backward instead of keeping the bands.
+    frequency band split in backward instead of keeping the bands; ``convolution_band_gemms`` runs its products
+    as 1x1 convolutions.
     """
 
     method: ConvMethod
@@ -64,6 +70,7 @@ class ExecutionPlan:
     float32_attention: bool = False
     fft_reads_hermitian_part: bool = False
     recompute_bands: bool = False
+    convolution_band_gemms: bool = False
 
     @property
     def reuses_buffers(self) -> bool:
@@ -83,6 +90,7 @@ class PlannedLayer(ConvGeometry, Protocol):
     in_channels: int
     out_channels: int
     token_layout: bool
+    spatial_dims: int
     recompute_weight: bool | None
 
     def parameters(self) -> Any: ...
@@ -143,6 +151,14 @@ def _method(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bo
     return ConvMethod.IM2COL if layer.out_channels >= positions else ConvMethod.GROUPED
 
 
+def _convolution_band_gemms(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bool) -> bool:
+    """Eager CPU float32 band splits of large 2-D maps (float64 convolutions have no fast CPU kernel; exported
+    and compiled graphs keep plain matmuls)."""
+    eager_cpu = x.device.type == "cpu" and not exporting and not compiling
+    large_map = not layer.token_layout and layer.spatial_dims == 2 and _positions(layer, x) >= _CONVOLUTION_BANDS_FROM
+    return eager_cpu and large_map and x.dtype != torch.float64
+
+
 def _samples_per_chunk(layer: PlannedLayer, batch: int, training: bool) -> int | None:
     """A few samples' weights at a time for deep CPU layers, so their buffers stay in cache and are reused;
     never smaller than one sample, and no more chunks than needed (each costs a few dozen small ops)."""
@@ -177,4 +193,5 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
         # Eager only: inductor's buffers need not have the interleaved layout the complex-pairs product views.
         fft_reads_hermitian_part=x.device.type == "cpu" and not exporting and not compiling,
         recompute_bands=records_autograd and not exporting,
+        convolution_band_gemms=_convolution_band_gemms(layer, x, exporting, compiling),
     )

@@ -261,7 +261,10 @@ class FDConv(nn.Module):
         with float32_region(x.device.type, plan.exporting) if plan.float32_attention else contextlib.nullcontext():
             attentions = self.KSM_Global(pooled.float() if plan.float32_attention else pooled)
         if hasattr(self, "FBM"):
-            x = self.FBM(x, in_place=plan.in_place, exporting=plan.exporting, recompute=plan.recompute_bands)
+            x = self.FBM(
+                x, in_place=plan.in_place, exporting=plan.exporting, recompute=plan.recompute_bands,
+                convolution_gemms=plan.convolution_band_gemms,
+            )
         filt = attentions.filter
         if not plan.fold_attention:  # the separable attentions scale the features; the kernel keeps the others
             if attentions.channel is not None:
