@@ -182,7 +182,8 @@ def machine_description(device: torch.device, threads: int) -> str:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
                     break
-        hardware = f"{cpu}, {threads} of {os.cpu_count()} threads"
+        # The vector ISA torch dispatches to: it decides which CPU backend wins (bench_gemm_backend.py).
+        hardware = f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), {threads} of {os.cpu_count()} threads"
     import fdconv_zoo
 
     version = fdconv_zoo.__version__

@@ -101,9 +101,12 @@ def test_plan_follows_grad_mode_and_input():
         plan.method = ConvMethod.IM2COL  # type: ignore[misc]
 
 
-def test_band_split_runs_on_convolutions_for_large_eager_cpu_float32_maps():
+def test_band_split_runs_on_convolutions_for_large_float32_maps_on_avx512_cpus(monkeypatch):
     layer = FDConv(16, 16, 3, padding=1)
     large, small = torch.randn(1, 16, 64, 64), torch.randn(1, 16, 63, 64)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not plan_execution(layer, large).convolution_band_gemms  # the BLAS was the faster one there
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert plan_execution(layer, large).convolution_band_gemms
     assert not plan_execution(layer, small).convolution_band_gemms
     assert not plan_execution(layer.double(), large.double()).convolution_band_gemms  # no fast float64 convolution

@@ -31,8 +31,9 @@ Workspace = dict[str, torch.Tensor]
 # the whole batch's weights pass _TRAIN_CHUNK_FROM (autograd needs fresh buffers, so smaller chunks gain less).
 _EVAL_CHUNK_FROM, _EVAL_CHUNK = 2**19, 2**21
 _TRAIN_CHUNK_FROM, _TRAIN_CHUNK = 2**23, 2**22
-# Positions per 2-D map from which the CPU band split runs its GEMMs as 1x1 convolutions (oneDNN): at 512x512
-# they took 0.64-0.85x the BLAS's time on maps of 64x64 and up, about the same at 32x32, and lost on small maps
+# Positions per 2-D map from which an AVX-512 CPU runs the band split's GEMMs as 1x1 convolutions (oneDNN): at
+# 512x512 on an AMD EPYC with AVX-512 they took 0.64-0.85x the BLAS's time on maps of 64x64 and up, about the
+# same at 32x32, and lost on small maps; on an AVX2-only EPYC they took 1.06-1.08x everywhere in forward
 # (benchmarks/bench_gemm_backend.py, README).
 _CONVOLUTION_BANDS_FROM = 64 * 64
 
@@ -152,11 +153,12 @@ def _method(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bo
 
 
 def _convolution_band_gemms(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bool) -> bool:
-    """Eager CPU float32 band splits of large 2-D maps (float64 convolutions have no fast CPU kernel; exported
-    and compiled graphs keep plain matmuls)."""
+    """Eager float32 band splits of large 2-D maps on AVX-512 CPUs (float64 convolutions have no fast CPU kernel;
+    exported and compiled graphs keep plain matmuls)."""
     eager_cpu = x.device.type == "cpu" and not exporting and not compiling
+    avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
     large_map = not layer.token_layout and layer.spatial_dims == 2 and _positions(layer, x) >= _CONVOLUTION_BANDS_FROM
-    return eager_cpu and large_map and x.dtype != torch.float64
+    return eager_cpu and avx512 and large_map and x.dtype != torch.float64
 
 
 def _samples_per_chunk(layer: PlannedLayer, batch: int, training: bool) -> int | None:
