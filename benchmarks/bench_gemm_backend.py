@@ -6,8 +6,8 @@
 On the CPU, ``torch.matmul`` runs on the BLAS the wheel links (MKL on x86), while convolutions run on oneDNN's
 own kernels. The same product can be written either way (:mod:`fdconv_zoo.layers.convolution_matmul`), and the
 band split (:func:`fdconv_zoo.layers.band_lowpass`, all GEMMs) takes either: ``convolution_gemms``, which the
-execution planner turns on for large maps on AVX-512 CPUs. This script times both forms at the FBM input shapes of ResNet-50
-at 512x512, batch 2: forward, and forward plus backward, round-robin medians in one process, and the largest
+execution planner turns on for large maps on AVX-512 CPUs. This script times both forms at the FBM input
+shapes of ResNet-50 at 512x512, batch 2: forward, and forward plus backward, round-robin medians in one process, and the largest
 difference between the two forms' bands (the same sums in another order). ``--backbone`` adds what the choice
 does to a whole FDConv backbone's eval forward and training step (as in ``bench_dense.py``), against its base
 model: every band split on the BLAS, and every one as convolutions (whatever the planner would choose here).

@@ -118,11 +118,10 @@ def test_band_split_runs_on_convolutions_for_large_float32_maps_on_avx512_cpus(m
 def test_convolution_band_gemms_plan_gives_the_same_output_and_gradients(train):
     layer = _layer(CASES[0]).train(train)
     x = torch.randn(2, layer.in_channels, 9, 8, dtype=torch.float64)
-    plans = (ExecutionPlan(method=ConvMethod.GROUPED, in_place=not train, recompute_bands=train, convolution_band_gemms=c) for c in (False, True))
-    blas, convolution = plans
+    plans = [ExecutionPlan(method=ConvMethod.GROUPED, in_place=not train, recompute_bands=train, convolution_band_gemms=c) for c in (False, True)]
     with torch.set_grad_enabled(train):
-        xs = [x.clone().requires_grad_(train) for _ in range(2)]
-        ys = [layer(xi, plan) for xi, plan in zip(xs, (blas, convolution))]
+        xs = [x.clone().requires_grad_(train) for _ in plans]
+        ys = [layer(xi, plan) for xi, plan in zip(xs, plans)]
     assert relative_error(ys[1], ys[0]) < 1e-12
     if train:
         for y in ys:

@@ -3,8 +3,8 @@
 The official masks are Chebyshev low-pass boxes made on a 64x64 grid and nearest-resized to the input size. They
 are separable and keep few frequencies, so every band is computed as a product of partial DFTs (plain
 ``matmul``: it differentiates, compiles and exports to ONNX; on large maps of AVX-512 CPUs the same products run
-as 1x1 convolutions, see :mod:`.convolution_matmul`). 1-D and 3-D inputs (this package's extension) get the same boxes
-over their ``rfftn`` bins, made on a 64-point grid per axis and resized the same way.
+as 1x1 convolutions, see :mod:`.convolution_matmul`). 1-D and 3-D inputs (this package's extension) get the
+same boxes over their ``rfftn`` bins, made on a 64-point grid per axis and resized the same way.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 On the CPU, ``torch.matmul`` runs on the BLAS the wheel links (MKL on x86), convolutions on oneDNN's own
 kernels, and for the tall-skinny products of the band split oneDNN is the faster one on large maps of an
-AVX-512 CPU, the slower one on an AVX2 CPU (``benchmarks/bench_gemm_backend.py``). Both forms below read their stacked operand as it lies, without copies:
-``x @ m`` over the last axis is a 1x1 convolution of ``x``'s rows seen as channels-last positions, and
+AVX-512 CPU, the slower one on an AVX2 CPU (``benchmarks/bench_gemm_backend.py``). Both forms below read their
+stacked operand as it lies, without copies: ``x @ m`` over the last axis is a 1x1 convolution of ``x``'s rows seen as channels-last positions, and
 ``m @ x`` over the second-to-last axis a 1x1 ``conv1d`` of each matrix of ``x`` as (channels, length).
 """
 

@@ -152,13 +152,12 @@ def _method(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bo
     return ConvMethod.IM2COL if layer.out_channels >= positions else ConvMethod.GROUPED
 
 
-def _convolution_band_gemms(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bool) -> bool:
+def _convolution_band_gemms(layer: PlannedLayer, x: torch.Tensor, positions: int, eager_cpu: bool) -> bool:
     """Eager float32 band splits of large 2-D maps on AVX-512 CPUs (float64 convolutions have no fast CPU kernel;
     exported and compiled graphs keep plain matmuls)."""
-    eager_cpu = x.device.type == "cpu" and not exporting and not compiling
+    large_map = not layer.token_layout and layer.spatial_dims == 2 and positions >= _CONVOLUTION_BANDS_FROM
     avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
-    large_map = not layer.token_layout and layer.spatial_dims == 2 and _positions(layer, x) >= _CONVOLUTION_BANDS_FROM
-    return eager_cpu and avx512 and large_map and x.dtype != torch.float64
+    return eager_cpu and large_map and x.dtype != torch.float64 and avx512
 
 
 def _samples_per_chunk(layer: PlannedLayer, batch: int, training: bool) -> int | None:
@@ -182,7 +181,8 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
     recompute = layer.recompute_weight
     if recompute is None:  # per sample: the weight (Cout * Cin * k...) against the input (Cin * positions)
         recompute = layer.out_channels * math.prod(layer.kernel_size) > positions
-    whole_batch = exporting or compiling or x.device.type != "cpu"  # a symbolic batch must not be looped over
+    eager_cpu = x.device.type == "cpu" and not exporting and not compiling
+    whole_batch = not eager_cpu  # a symbolic batch must not be looped over
     return ExecutionPlan(
         method=_method(layer, x, exporting, compiling),
         samples_per_chunk=None if whole_batch else _samples_per_chunk(layer, x.shape[0], grad),
@@ -193,7 +193,7 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
         exporting=exporting,
         float32_attention=torch.is_autocast_enabled(x.device.type),
         # Eager only: inductor's buffers need not have the interleaved layout the complex-pairs product views.
-        fft_reads_hermitian_part=x.device.type == "cpu" and not exporting and not compiling,
+        fft_reads_hermitian_part=eager_cpu,
         recompute_bands=records_autograd and not exporting,
-        convolution_band_gemms=_convolution_band_gemms(layer, x, exporting, compiling),
+        convolution_band_gemms=_convolution_band_gemms(layer, x, positions, eager_cpu),
     )
