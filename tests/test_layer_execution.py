@@ -20,6 +20,7 @@ CASES = [
     dict(in_channels=32, out_channels=48, kernel_size=3, padding=1, bias=True),
     dict(in_channels=48, out_channels=32, kernel_size=3, stride=2, padding=1, padding_mode="reflect"),
     dict(in_channels=40, out_channels=24, kernel_size=1),
+    dict(in_channels=40, out_channels=24, kernel_size=1, stride=2),
 ]
 
 
@@ -99,6 +100,15 @@ def test_plan_follows_grad_mode_and_input():
     plan = plan_execution(layer, x)
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.method = ConvMethod.IM2COL  # type: ignore[misc]
+
+
+def test_strided_pointwise_layers_run_a_batched_matmul():
+    layer = _layer(dict(in_channels=40, out_channels=24, kernel_size=1, stride=2)).train()
+    x = torch.randn(2, 40, 7, 6, dtype=torch.float64)
+    assert plan_execution(layer, x).method is ConvMethod.POINTWISE
+    y = layer(x.contiguous(memory_format=torch.channels_last))
+    assert y.shape == (2, 24, 4, 3) and y.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(y, layer(x, ExecutionPlan(method=ConvMethod.GROUPED))) < 1e-12
 
 
 def test_band_split_runs_on_convolutions_for_large_float32_maps_on_avx512_cpus(monkeypatch):

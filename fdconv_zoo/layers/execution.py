@@ -44,7 +44,7 @@ class ConvMethod(enum.Enum):
     GROUPED = "grouped"  # one convolution with B groups: accelerators, compile, shallow CPU layers
     IM2COL = "im2col"  # unfolded input times the weight image: deep CPU layers, export (no batch-dependent groups)
     MATMUL = "matmul"  # token layout: (B, N, Cin) times the per-sample (Cin, Cout)
-    POINTWISE = "pointwise"  # 1x1 stride-1 maps: a batched matmul over the positions, in the input's memory layout
+    POINTWISE = "pointwise"  # unpadded 1x1 maps: a batched matmul over the (strided) positions, in the input's memory layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,15 +131,16 @@ def _positions(layer: PlannedLayer, x: torch.Tensor) -> int:
 
 
 def _is_pointwise(layer: PlannedLayer) -> bool:
-    """A 1x1 kernel with stride 1 and no padding: every output position is the kernel times one input position."""
+    """A 1x1 kernel without padding (any stride): every output position is the kernel times one input position."""
     unpadded = isinstance(layer.padding, str) or not any(layer.padding)
-    return all(k == 1 for k in layer.kernel_size) and all(s == 1 for s in layer.stride) and unpadded
+    return all(k == 1 for k in layer.kernel_size) and unpadded
 
 
 def _method(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bool) -> ConvMethod:
-    """A batched matmul for token layout and pointwise layers (the 1x1 convolutions of bottlenecks); otherwise
-    im2col while exporting and on the CPU wherever the weight outsizes the output map (``Cout >= H'W'``): the
-    matmul reads the weight in the layout it is generated in, while the convolution needs it transposed."""
+    """A batched matmul for token layout and pointwise layers (the 1x1 convolutions of bottlenecks and their
+    strided shortcuts); otherwise im2col while exporting and on the CPU wherever the weight outsizes the output
+    map (``Cout >= H'W'``): the matmul reads the weight in the layout it is generated in, while the convolution
+    needs it transposed."""
     if layer.token_layout:
         return ConvMethod.MATMUL
     if _is_pointwise(layer):

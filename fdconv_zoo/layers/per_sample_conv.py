@@ -43,20 +43,25 @@ def per_sample_conv(
     if method is ConvMethod.MATMUL:
         return torch.bmm(x, weight.reshape(b, cout, weight.shape[3]).transpose(1, 2))
     if method is ConvMethod.POINTWISE:
-        return _pointwise(x, weight.reshape(b, cout, weight.shape[3]))
+        return _pointwise(x, weight.reshape(b, cout, weight.shape[3]), geometry.stride)
     cin, spatial = weight.shape[3], x.shape[2:]
     kernel = weight.permute(0, 1, 3, 2, 4).reshape(b * cout, cin, *geometry.kernel_size)
     y = conv_nd(x.reshape(1, b * cin, *spatial), kernel, geometry, groups=b)
     return y.view(b, cout, *y.shape[2:])
 
 
-def _pointwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A 1x1, stride-1 kernel (B, Cout, Cin) as one batched matmul over the positions, in the input's own memory
-    layout: channels-last maps (the output channels-last too) or contiguous ones. Autograd's backward is then two
-    batched matmuls, where a batch-grouped convolution's is several times slower on the CPU."""
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
+    """An unpadded 1x1 kernel (B, Cout, Cin) as one batched matmul over the positions, in the input's own memory
+    layout: channels-last maps (the output channels-last too) or contiguous ones; a stride first keeps every
+    stride-th position (a copy of 1/prod(stride) of the input). Autograd's backward is then two batched matmuls,
+    where a batch-grouped convolution's is several times slower on the CPU."""
+    channels_last = x.movedim(1, -1).is_contiguous() and not x.is_contiguous()
+    if any(s > 1 for s in stride):
+        x = x[(slice(None), slice(None), *(slice(None, None, s) for s in stride))]
+        x = x.movedim(1, -1).contiguous().movedim(-1, 1) if channels_last else x.contiguous()
     b, cin, spatial = x.shape[0], x.shape[1], x.shape[2:]
     positions, tokens = math.prod(spatial), x.movedim(1, -1)
-    if tokens.is_contiguous() and not x.is_contiguous():  # channels-last
+    if channels_last:
         y = torch.bmm(tokens.reshape(b, positions, cin), weight.transpose(1, 2))
         return y.view(b, *spatial, weight.shape[1]).movedim(-1, 1)
     return torch.bmm(weight, x.reshape(b, cin, positions)).view(b, weight.shape[1], *spatial)
