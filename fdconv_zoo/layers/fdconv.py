@@ -273,10 +273,12 @@ class FDConv(nn.Module):
         with float32_region(x.device.type, plan.exporting):
             # Once per batch; separate planes only where the products run on them (the CPU multiplies complex pairs).
             spectrum = static_spectrum(self.dft_weight, self.frequency_group, copy_planes=plan.in_place and not plan.fft_reads_hermitian_part)
+        # The bias is added inside the convolution unless the filter attention must scale the output first.
+        filter_on_output = filt is not None and not plan.fold_attention
         workspaces: dict[int, Workspace] = {}  # buffers reused across chunks without autograd, one set per chunk size
         outputs = []
         for rows in plan.chunks(b):
-            args = (x[rows], pooled[rows], attentions.rows(rows), spectrum, plan)
+            args = (x[rows], pooled[rows], attentions.rows(rows), spectrum, None if filter_on_output else self.bias, plan)
             if plan.recompute:
                 # Keep none of the per-sample weights for backward, recompute them there, a chunk at a time
                 # (KSM_Global, with its BatchNorm statistics, stays outside and runs once).
@@ -285,10 +287,13 @@ class FDConv(nn.Module):
                 workspace = workspaces.setdefault(args[0].shape[0], {}) if plan.reuses_buffers else None
                 outputs.append(self._dynamic_conv(*args, workspace))
         y = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-        if filt is not None and not plan.fold_attention:
-            y = y * _feature_view(filt, self.token_layout, self.spatial_dims).to(y.dtype)
-        if self.bias is not None:
-            y = y + (self.bias if self.token_layout else _feature_view(self.bias, False, self.spatial_dims)).to(y.dtype)
+        if filter_on_output:
+            factor = _feature_view(filt, self.token_layout, self.spatial_dims).to(y.dtype)
+            if self.bias is None:
+                y = y * factor
+            else:
+                bias = self.bias if self.token_layout else _feature_view(self.bias, False, self.spatial_dims)
+                y = torch.addcmul(bias.to(y.dtype), y, factor)
         return y.reshape(*lead, self.out_channels) if self.token_layout else y
 
     def _dynamic_conv(
@@ -297,10 +302,11 @@ class FDConv(nn.Module):
         pooled: torch.Tensor,
         attentions: KernelAttentions,
         spectrum: WeightSpectrum,
+        bias: torch.Tensor | None,
         plan: ExecutionPlan,
         workspace: Workspace | None = None,
     ) -> torch.Tensor:
-        """Build the per-sample weights (local attention, spectrum, modulation) and apply them to ``x``.
+        """Build the per-sample weights (local attention, spectrum, modulation) and apply them and ``bias`` to ``x``.
 
         With im2col the separable attentions (spatial, and channel/filter when folded) scale the unfolded input
         and the output instead of the weight.
@@ -319,7 +325,7 @@ class FDConv(nn.Module):
             weight = modulate_weight(image, local_logits, on_weight, self.kernel_size, local_act=self.ksm_local_act, in_place=plan.in_place)
         if not plan.float32_attention:  # under autocast the convolution itself casts the float32 weight
             weight = weight.to(x.dtype)
-        return per_sample_conv(x, weight, self, plan.method, on_features)
+        return per_sample_conv(x, weight, self, plan.method, on_features, bias)
 
     def _static_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution with the stored (neutral-attention) weight, for an empty batch: it has no per-sample

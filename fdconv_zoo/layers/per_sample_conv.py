@@ -3,7 +3,10 @@
 All take the kernel in the weight-image layout it is generated in, (B, Cout, k1, Cin, k2*...*kn), and compute
 the same sums (:class:`~.execution.ConvMethod` says which runs where), for 1 to 3 spatial dimensions. im2col can
 also apply separable attentions to the unfolded input and the output instead of the kernel: the same products
-on tensors several times smaller in deep layers.
+on tensors several times smaller in deep layers. A bias is added inside the product (``baddbmm``, the
+convolution's own bias), as ``nn.Linear`` and ``nn.Conv2d`` do: a separate addition is one more pass over the
+output, and on large maps a fresh output-sized tensor (at 128x128, batch 2, a 96->384 token layer: 65 ms
+against 34 ms for the product alone).
 """
 
 from __future__ import annotations
@@ -29,28 +32,34 @@ def per_sample_conv(
     geometry: ConvGeometry,
     method: ConvMethod,
     attentions: KernelAttentions = _NO_ATTENTIONS,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x`` (B, Cin, *spatial) -> (B, Cout, *spatial'), or (B, N, Cin) -> (B, N, Cout) for ``ConvMethod.MATMUL``
-    (token layout).
+    (token layout), plus ``bias`` (Cout,).
 
     ``attentions`` (spatial, channel, filter) scale the kernel on the fly; only im2col takes them.
     """
     if method is ConvMethod.IM2COL:
-        return _im2col(x, weight, geometry, attentions)
+        return _im2col(x, weight, geometry, attentions, bias)
     if any(t is not None for t in attentions):
         raise ValueError(f"{method.value} convolution takes the attentions inside its kernel, not separately")
     b, cout = weight.shape[:2]
     if method is ConvMethod.MATMUL:
-        return torch.bmm(x, weight.reshape(b, cout, weight.shape[3]).transpose(1, 2))
+        return _bmm(x, weight.reshape(b, cout, weight.shape[3]).transpose(1, 2), None if bias is None else bias.view(1, 1, cout))
     if method is ConvMethod.POINTWISE:
-        return _pointwise(x, weight.reshape(b, cout, weight.shape[3]), geometry.stride)
+        return _pointwise(x, weight.reshape(b, cout, weight.shape[3]), geometry.stride, bias)
     cin, spatial = weight.shape[3], x.shape[2:]
     kernel = weight.permute(0, 1, 3, 2, 4).reshape(b * cout, cin, *geometry.kernel_size)
-    y = conv_nd(x.reshape(1, b * cin, *spatial), kernel, geometry, groups=b)
+    y = conv_nd(x.reshape(1, b * cin, *spatial), kernel, geometry, groups=b, bias=None if bias is None else bias.repeat(b))
     return y.view(b, cout, *y.shape[2:])
 
 
-def _pointwise(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
+def _bmm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``a @ b`` batched, plus ``bias`` (broadcast to the product) within the same kernel."""
+    return torch.bmm(a, b) if bias is None else torch.baddbmm(bias.to(a.dtype), a, b)
+
+
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...], bias: torch.Tensor | None) -> torch.Tensor:
     """An unpadded 1x1 kernel (B, Cout, Cin) as one batched matmul over the positions, in the input's own memory
     layout: channels-last maps (the output channels-last too) or contiguous ones; a stride first keeps every
     stride-th position (a copy of 1/prod(stride) of the input). Autograd's backward is then two batched matmuls,
@@ -61,10 +70,11 @@ def _pointwise(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...]) -
         x = x.movedim(1, -1).contiguous().movedim(-1, 1) if channels_last else x.contiguous()
     b, cin, spatial = x.shape[0], x.shape[1], x.shape[2:]
     positions, tokens = math.prod(spatial), x.movedim(1, -1)
+    cout = weight.shape[1]
     if channels_last:
-        y = torch.bmm(tokens.reshape(b, positions, cin), weight.transpose(1, 2))
-        return y.view(b, *spatial, weight.shape[1]).movedim(-1, 1)
-    return torch.bmm(weight, x.reshape(b, cin, positions)).view(b, weight.shape[1], *spatial)
+        y = _bmm(tokens.reshape(b, positions, cin), weight.transpose(1, 2), None if bias is None else bias.view(1, 1, cout))
+        return y.view(b, *spatial, cout).movedim(-1, 1)
+    return _bmm(weight, x.reshape(b, cin, positions), None if bias is None else bias.view(1, cout, 1)).view(b, cout, *spatial)
 
 
 def _unfold(x: torch.Tensor, geometry: ConvGeometry, out_size: tuple[int, ...]) -> torch.Tensor:
@@ -88,7 +98,7 @@ def _unfold(x: torch.Tensor, geometry: ConvGeometry, out_size: tuple[int, ...]) 
     return columns.transpose(2, 3).contiguous()
 
 
-def _im2col(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, attentions: KernelAttentions) -> torch.Tensor:
+def _im2col(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, attentions: KernelAttentions, bias: torch.Tensor | None) -> torch.Tensor:
     b, cout, k, cin, c = weight.shape
     out_size = output_size(x.shape[2:], geometry)
     columns = _unfold(x, geometry, out_size)  # (B, k1, Cin, c, L)
@@ -96,7 +106,11 @@ def _im2col(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, atten
     if taps is not None:
         columns = columns * taps[..., None]
     positions = math.prod(out_size)
-    y = torch.bmm(weight.reshape(b, cout, k * cin * c), columns.view(b, k * cin * c, positions))
-    if attentions.filter is not None:
-        y = y * attentions.filter.to(y.dtype).view(b, cout, 1)
+    bias = None if bias is None else bias.view(1, cout, 1)
+    if attentions.filter is None:
+        y = _bmm(weight.reshape(b, cout, k * cin * c), columns.view(b, k * cin * c, positions), bias)
+    else:  # the filter attention scales the product before the bias: one pass for both
+        y = torch.bmm(weight.reshape(b, cout, k * cin * c), columns.view(b, k * cin * c, positions))
+        filt = attentions.filter.to(y.dtype).view(b, cout, 1)
+        y = y * filt if bias is None else torch.addcmul(bias.to(y.dtype), y, filt)
     return y.unflatten(2, out_size)
