@@ -9,8 +9,9 @@ same boxes over their ``rfftn`` bins, made on a 64-point grid per axis and resiz
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,15 @@ from .conv_geometry import CONV_CLASSES, conv_nd
 from .convolution_matmul import convolution_matmul
 from .execution import float32_region
 
-__all__ = ["FBM_MASK_GRID", "FrequencyBandModulation", "band_axis_factors", "band_lowpass", "band_mask_factors", "band_masks"]
+__all__ = [
+    "FBM_MASK_GRID",
+    "FrequencyBandModulation",
+    "band_axis_factors",
+    "band_lowpass",
+    "band_mask_factors",
+    "band_masks",
+    "iter_band_lowpass",
+]
 
 FBM_MASK_GRID = (64, 64)  # official FBM precomputes its masks on this grid and resizes them
 
@@ -125,8 +134,23 @@ def band_lowpass(
     reading of only the real part of the zero and Nyquist columns when a resized mask is not symmetric.
     ``convolution_gemms`` (2-D only) runs the same products as 1x1 convolutions (:func:`convolution_matmul`).
     """
+    return list(iter_band_lowpass(x, cutoffs, exact, spatial_dims, convolution_gemms))
+
+
+def iter_band_lowpass(
+    x: torch.Tensor,
+    cutoffs: Sequence[int],
+    exact: bool = False,
+    spatial_dims: int = 2,
+    convolution_gemms: bool = False,
+    out: torch.Tensor | None = None,
+) -> Iterator[torch.Tensor]:
+    """:func:`band_lowpass`'s bands one at a time. Without autograd, ``out`` (contiguous, shaped like ``x``)
+    receives every 2-D band in turn (each valid until the next is made): one output-sized buffer for all bands, where fresh
+    ones cost page faults as well as their writes."""
     if spatial_dims != 2:
-        return _band_lowpass_nd(x, cutoffs, exact, spatial_dims)
+        yield from _band_lowpass_nd(x, cutoffs, exact, spatial_dims)
+        return
     h, w = x.shape[-2:]
     factors = band_mask_factors(h, w, cutoffs, exact)
     # Each band keeps the bins below its threshold on the same per-axis frequencies, so the kept sets are
@@ -134,7 +158,8 @@ def band_lowpass(
     rows, n_rows = _nested_order([r for r, _ in factors])
     cols, n_cols = _nested_order([c for _, c in factors])
     if not rows or not cols:  # every band empty (only for cut-offs below the grid resolution)
-        return [torch.zeros_like(x) for _ in factors]
+        yield from (torch.zeros_like(x) for _ in factors)
+        return
     cos_h, sin_h = _dft_basis(h, rows, x.dtype, x.device)
     cos_w, sin_w = _dft_basis(w, cols, x.dtype, x.device)
     # Real-signal synthesis weights along W: the zero and Nyquist columns count once, the others twice.
@@ -145,10 +170,10 @@ def band_lowpass(
     # Real and imaginary parts of the (H-complex) spectrum on the kept bins: (..., r, c) each.
     real = analysed[..., :r, :c] - analysed[..., r:, c:]
     imag = analysed[..., :r, c:] + analysed[..., r:, :c]
-    lows = []
+    last_product = matmul if out is None or convolution_gemms else functools.partial(torch.matmul, out=out)
     for rk, ck in zip(n_rows, n_cols):
         if rk == 0 or ck == 0:
-            lows.append(torch.zeros_like(x))
+            yield torch.zeros_like(x)
             continue
         re, im = real[..., :rk, :ck], imag[..., :rk, :ck]
         block = torch.cat([torch.cat([re, im], -1), torch.cat([im, -re], -1)], -2)  # (..., 2rk, 2ck)
@@ -158,10 +183,9 @@ def band_lowpass(
         # synth_h @ block @ synth_w, associated the way that multiplies less: rows first (a small (H, 2ck)
         # intermediate; wins for the wide low bands of large maps) or columns first.
         if h * 2 * rk * 2 * ck + h * 2 * ck * w < 2 * rk * 2 * ck * w + h * 2 * rk * w:
-            lows.append(matmul(matmul(synth_h, block), synth_w))
+            yield last_product(matmul(synth_h, block), synth_w)
         else:
-            lows.append(matmul(synth_h, matmul(block, synth_w)))
-    return lows
+            yield last_product(synth_h, matmul(block, synth_w))
 
 
 def _along(t: torch.Tensor, axis: int, matrix: torch.Tensor) -> torch.Tensor:
@@ -286,14 +310,18 @@ class FrequencyBandModulation(nn.Module):
         c = x.shape[1]
         g, n = self.spatial_group, len(self.k_list)
         xf = x.to(att.dtype)
-        with float32_region(x.device.type, exporting):  # the band split stays in float32 under autocast
-            lows = band_lowpass(xf, self.k_list, self.exact_masks, self.spatial_dims, convolution_gemms)  # n x (B, C, *spatial)
         # sum_j a_j (low_{j-1} - low_j) + a_n low_{n-1}, with low_{-1} = x and a_n = 1 (or the low-band
         # attention), telescoped into a_0 x + sum_j (a_{j+1} - a_j) low_j: no high-band tensors.
         last = att[:, n:] if self.lowfreq_att else torch.ones_like(att[:, :1])
         coefficients = torch.cat([att[:, 1:n], last], 1) - att[:, :n]  # (B, n, G, *spatial)
         out = att[:, 0, :, None] * xf.unflatten(1, (g, c // g))
-        for j in range(n):  # a few bands, accumulated without a fresh feature-sized tensor per band where allowed
-            low = lows[j].unflatten(1, (g, c // g))
-            out = out.addcmul_(coefficients[:, j, :, None], low) if in_place else out.addcmul(coefficients[:, j, :, None], low)
+        with float32_region(x.device.type, exporting):  # the band split stays in float32 under autocast
+            # In place (no autograd), each band is consumed before the next is written into the same buffer.
+            lows = iter_band_lowpass(
+                xf, self.k_list, self.exact_masks, self.spatial_dims, convolution_gemms,
+                out=torch.empty_like(xf, memory_format=torch.contiguous_format) if in_place else None,
+            )
+            for j, low in enumerate(lows):
+                low = low.unflatten(1, (g, c // g))
+                out = out.addcmul_(coefficients[:, j, :, None], low) if in_place else out.addcmul(coefficients[:, j, :, None], low)
         return out.flatten(1, 2).to(x.dtype)
