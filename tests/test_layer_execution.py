@@ -11,10 +11,12 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fdconv_testing import perturb_attention, relative_error
 from fdconv_zoo import FDConv
 from fdconv_zoo.layers import ConvMethod, ExecutionPlan, plan_execution
+from fdconv_zoo.layers.tap_sum_conv import tap_sum_conv
 
 CASES = [
     dict(in_channels=32, out_channels=48, kernel_size=3, padding=1, bias=True),
@@ -35,6 +37,7 @@ def _plans(in_place: bool, pointwise: bool = False) -> list[ExecutionPlan]:
         ExecutionPlan(
             method=method, samples_per_chunk=chunk, recompute=recompute and not in_place, in_place=in_place,
             fold_attention=fold, fft_reads_hermitian_part=native_edges, recompute_bands=recompute and not in_place,
+            tap_sum_attention=native_edges,  # both CPU-eager choices: one more axis would double the plans
         )
         for method, chunk, recompute, fold, native_edges in itertools.product(methods, (None, 2), (False, True), (False, True), (False, True))
     ]
@@ -100,6 +103,35 @@ def test_plan_follows_grad_mode_and_input():
     plan = plan_execution(layer, x)
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.method = ConvMethod.IM2COL  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "spatial,groups,kernel,out_channels",
+    [((7, 6), 1, (3, 3), 3), ((7, 6), 4, (3, 3), 12), ((9,), 1, (5,), 3), ((5, 4, 6), 2, (3, 3, 3), 6), ((7, 6), 1, (3, 5), 3)],
+)
+def test_tap_sum_conv_equals_the_convolution(spatial, groups, kernel, out_channels):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, *spatial, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(out_channels, 8 // groups, *kernel, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(out_channels, dtype=torch.float64, generator=gen, requires_grad=True)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[len(spatial) - 1]
+    expected = conv(x, weight, bias, padding=tuple(k // 2 for k in kernel), groups=groups)
+    y = tap_sum_conv(x, weight, bias, groups)
+    assert relative_error(y, expected) < 1e-13
+    for got, ref in zip(torch.autograd.grad(y.square().sum(), (x, weight, bias)), torch.autograd.grad(expected.square().sum(), (x, weight, bias))):
+        assert relative_error(got, ref) < 1e-12
+    with pytest.raises(ValueError, match="odd kernel"):
+        tap_sum_conv(x, weight[..., :2], bias, groups)
+
+
+def test_band_attentions_by_tap_sums_in_eager_cpu_inference_only(monkeypatch):
+    layer = FDConv(16, 16, 3, padding=1)
+    x = torch.randn(1, 16, 8, 8)
+    assert not plan_execution(layer, x).tap_sum_attention  # a training forward
+    with torch.no_grad():
+        assert plan_execution(layer, x).tap_sum_attention
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert not plan_execution(layer, x).tap_sum_attention
 
 
 def test_strided_pointwise_layers_run_a_batched_matmul():

@@ -21,6 +21,7 @@ from .bounded_attention import bounded_attention
 from .conv_geometry import CONV_CLASSES, conv_nd
 from .convolution_matmul import convolution_matmul
 from .execution import float32_region
+from .tap_sum_conv import tap_sum_conv
 
 __all__ = [
     "FBM_MASK_GRID",
@@ -278,13 +279,17 @@ class FrequencyBandModulation(nn.Module):
             else:
                 conv.reset_parameters()
 
-    def _attention_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """All band attentions from one grouped conv: (B, n_att, G, *spatial)."""
+    def _attention_maps(self, x: torch.Tensor, tap_sum: bool = False) -> torch.Tensor:
+        """All band attentions from one grouped conv: (B, n_att, G, *spatial); ``tap_sum`` computes it with
+        :func:`~.tap_sum_conv.tap_sum_conv` (odd kernels)."""
         convs = self.freq_weight_conv_list
         n, g = len(convs), self.spatial_group
         weight = torch.stack([c.weight for c in convs], 1)  # (G, n, Cin/G, s, ...): group-major for groups=G
         bias = torch.stack([c.bias for c in convs], 1)
-        logits = conv_nd(x, weight.flatten(0, 1), convs[0], groups=g, bias=bias.flatten())
+        if tap_sum and all(k % 2 for k in convs[0].kernel_size):
+            logits = tap_sum_conv(x, weight.flatten(0, 1), bias.flatten(), groups=g)
+        else:
+            logits = conv_nd(x, weight.flatten(0, 1), convs[0], groups=g, bias=bias.flatten())
         return bounded_attention(logits.unflatten(1, (g, n)).transpose(1, 2), self.act, dim=2)
 
     def forward(
@@ -295,13 +300,15 @@ class FrequencyBandModulation(nn.Module):
         exporting: bool = False,
         recompute: bool = False,
         convolution_gemms: bool = False,
+        tap_sum_attention: bool = False,
     ) -> torch.Tensor:
         """Modulated ``x`` (B, C, *spatial). ``in_place`` (only without autograd) accumulates the bands into one
         buffer; ``recompute`` keeps only ``x`` and the attention maps for backward and redoes the band split
         there (the bands are several input-sized tensors per layer, and the split is cheap next to the rest);
-        ``convolution_gemms`` runs the split's products as 1x1 convolutions (see :func:`band_lowpass`)."""
+        ``convolution_gemms`` runs the split's products as 1x1 convolutions (see :func:`band_lowpass`);
+        ``tap_sum_attention`` makes the attention maps by :func:`~.tap_sum_conv.tap_sum_conv`."""
         compute_dtype = torch.promote_types(x.dtype, torch.float32)
-        att = self._attention_maps(x).to(compute_dtype)  # (B, n_att, G, *spatial)
+        att = self._attention_maps(x, tap_sum_attention).to(compute_dtype)  # (B, n_att, G, *spatial)
         if recompute:
             return checkpoint(self._modulate, x, att, in_place, exporting, convolution_gemms, use_reentrant=False)
         return self._modulate(x, att, in_place, exporting, convolution_gemms)

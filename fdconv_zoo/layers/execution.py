@@ -4,7 +4,7 @@ The layer computes one function, but in several equivalent ways: the per-sample 
 convolution, as im2col + batched matmul, or (token layout) as a batched matmul; the weights of a large batch a
 few samples at a time; the per-sample weights kept for backward or recomputed there; in-place products where
 no autograd is recorded; the separable channel and filter attentions on the weight or on the features; the
-band split's products on the BLAS or as convolutions.
+band split's products on the BLAS or as convolutions; the band attentions by a convolution or by tap sums.
 :func:`plan_execution` is the only code that looks at the device, grad mode, export or compile state to pick
 among them; everything downstream takes the plan. Tests and users can pass their own plan to ``FDConv.forward``.
 """
@@ -59,7 +59,8 @@ class ExecutionPlan:
     ``fft_reads_hermitian_part``: the device's inverse real FFT itself reads only the Hermitian part of the
     spectrum's edge columns (the CPU's), so they are not symmetrised first. ``recompute_bands`` redoes the
     frequency band split in backward instead of keeping the bands; ``convolution_band_gemms`` runs its products
-    as 1x1 convolutions.
+    as 1x1 convolutions. ``tap_sum_attention`` computes the band attention maps as one 1x1 convolution and
+    shifted sums (:mod:`.tap_sum_conv`), which in inference beats the CPU's direct convolution to three channels.
     """
 
     method: ConvMethod
@@ -72,6 +73,7 @@ class ExecutionPlan:
     fft_reads_hermitian_part: bool = False
     recompute_bands: bool = False
     convolution_band_gemms: bool = False
+    tap_sum_attention: bool = False
 
     @property
     def reuses_buffers(self) -> bool:
@@ -197,4 +199,6 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
         fft_reads_hermitian_part=eager_cpu,
         recompute_bands=records_autograd and not exporting,
         convolution_band_gemms=_convolution_band_gemms(layer, x, positions, eager_cpu),
+        # Without autograd only: in training steps the shifted sums' backward cost what the forward saved.
+        tap_sum_attention=eager_cpu and not records_autograd,
     )

@@ -263,7 +263,7 @@ class FDConv(nn.Module):
         if hasattr(self, "FBM"):
             x = self.FBM(
                 x, in_place=plan.in_place, exporting=plan.exporting, recompute=plan.recompute_bands,
-                convolution_gemms=plan.convolution_band_gemms,
+                convolution_gemms=plan.convolution_band_gemms, tap_sum_attention=plan.tap_sum_attention,
             )
         filt = attentions.filter
         if not plan.fold_attention:  # the separable attentions scale the features; the kernel keeps the others
