@@ -144,11 +144,11 @@ def iter_band_lowpass(
     exact: bool = False,
     spatial_dims: int = 2,
     convolution_gemms: bool = False,
-    out: torch.Tensor | None = None,
+    reuse_output: bool = False,
 ) -> Iterator[torch.Tensor]:
-    """:func:`band_lowpass`'s bands one at a time. Without autograd, ``out`` (contiguous, shaped like ``x``)
-    receives every 2-D band in turn (each valid until the next is made): one output-sized buffer for all bands, where fresh
-    ones cost page faults as well as their writes."""
+    """:func:`band_lowpass`'s bands one at a time. ``reuse_output`` (only without autograd) writes every 2-D
+    ``matmul`` band into one buffer, each valid until the next is made: fresh output-sized tensors cost page
+    faults as well as their writes."""
     if spatial_dims != 2:
         yield from _band_lowpass_nd(x, cutoffs, exact, spatial_dims)
         return
@@ -171,7 +171,10 @@ def iter_band_lowpass(
     # Real and imaginary parts of the (H-complex) spectrum on the kept bins: (..., r, c) each.
     real = analysed[..., :r, :c] - analysed[..., r:, c:]
     imag = analysed[..., :r, c:] + analysed[..., r:, :c]
-    last_product = matmul if out is None or convolution_gemms else functools.partial(torch.matmul, out=out)
+    if reuse_output and not convolution_gemms:  # convolution_matmul has no out=
+        last_product = functools.partial(torch.matmul, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+    else:
+        last_product = matmul
     for rk, ck in zip(n_rows, n_cols):
         if rk == 0 or ck == 0:
             yield torch.zeros_like(x)
@@ -324,10 +327,7 @@ class FrequencyBandModulation(nn.Module):
         out = att[:, 0, :, None] * xf.unflatten(1, (g, c // g))
         with float32_region(x.device.type, exporting):  # the band split stays in float32 under autocast
             # In place (no autograd), each band is consumed before the next is written into the same buffer.
-            lows = iter_band_lowpass(
-                xf, self.k_list, self.exact_masks, self.spatial_dims, convolution_gemms,
-                out=torch.empty_like(xf, memory_format=torch.contiguous_format) if in_place else None,
-            )
+            lows = iter_band_lowpass(xf, self.k_list, self.exact_masks, self.spatial_dims, convolution_gemms, reuse_output=in_place)
             for j, low in enumerate(lows):
                 low = low.unflatten(1, (g, c // g))
                 out = out.addcmul_(coefficients[:, j, :, None], low) if in_place else out.addcmul(coefficients[:, j, :, None], low)

@@ -17,9 +17,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["tap_sum_conv"]
+from .conv_geometry import CONV_FUNCTIONS
 
-_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+__all__ = ["tap_sum_conv"]
 
 
 def tap_sum_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1) -> torch.Tensor:
@@ -31,7 +31,7 @@ def tap_sum_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     b, spatial, per_group = x.shape[0], x.shape[2:], cout // groups
     # Output channels of a grouped convolution are group-major: (group, tap, output) keeps each group's taps in it.
     pointwise = weight.reshape(groups, per_group, cin_g, taps).permute(0, 3, 1, 2).reshape(groups * taps * per_group, cin_g, *(1,) * len(kernel))
-    maps = _CONVS[len(kernel)](x, pointwise, groups=groups).view(b, groups, taps, per_group, *spatial)
+    maps = CONV_FUNCTIONS[len(kernel)](x, pointwise, groups=groups).view(b, groups, taps, per_group, *spatial)
     maps = F.pad(maps, [p for k in reversed(kernel) for p in (k // 2, k // 2)])
     shifted = (
         maps[(slice(None), slice(None), t, slice(None), *(slice(u, u + n) for u, n in zip(offsets, spatial)))]
