@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -121,6 +122,56 @@ def _nested_order(keeps: list[list[bool]]) -> tuple[list[int], list[int]]:
     return order, [sum(keep) for keep in keeps]
 
 
+class _RealAxisBasis(NamedTuple):
+    """A real basis of a full (complex) FFT axis restricted to the bands' kept frequencies: per frequency magnitude
+    ``m``, the column ``cos(2 pi t m / n)`` followed by ``sin(2 pi t m / n)`` (none for ``m = 0`` or ``n / 2``,
+    where it vanishes), most-kept magnitudes first, so every band's columns are a prefix.
+
+    Frequencies ``+m`` and ``-m`` share both columns, which is why the basis has about half the 2 x (kept
+    frequencies) columns of the complex partial DFT. A band that keeps both counts them twice (``weights`` 2),
+    one that keeps only ``sign * m`` (the resized official masks keep ``+m`` at their edge, not ``-m``) once,
+    plus an odd term on the pair of columns at ``unpaired``'s positions."""
+
+    columns: list[tuple[int, bool]]  # (magnitude, is the sine) per column
+    counts: list[int]  # columns per band (a prefix)
+    weights: list[list[int]]  # per band, per column of its prefix: how many of +-m it keeps (1 or 2)
+    unpaired: list[list[tuple[int, int]]]  # per band: (position of the cosine column, sign of the kept frequency)
+
+
+def _real_axis_basis(n: int, keeps: list[list[bool]]) -> _RealAxisBasis:
+    """The :class:`_RealAxisBasis` of an ``n``-point axis for each band's kept bins ``keeps`` (nested masks)."""
+
+    def signs(band: list[bool], m: int) -> list[int]:  # which of +m, -m the band keeps
+        kept = [1] if band[m] else []
+        return kept + [-1] if 0 < m and 2 * m != n and band[n - m] else kept
+
+    tiers = {m: sum(bool(signs(band, m)) for band in keeps) for m in range(n // 2 + 1)}
+    order = sorted((m for m, tier in tiers.items() if tier), key=lambda m: -tiers[m])
+    columns = [(m, is_sine) for m in order for is_sine in ((False, True) if m and 2 * m != n else (False,))]
+    counts, weights, unpaired = [], [], []
+    for band in keeps:
+        kept = [m for m in order if signs(band, m)]
+        if kept != order[: len(kept)]:
+            raise ValueError("FBM band masks must be nested (every cut-off's box inside the next larger one)")
+        count = sum(1 if m == 0 or 2 * m == n else 2 for m in kept)
+        counts.append(count)
+        weights.append([len(signs(band, m)) for m, _ in columns[:count]])
+        unpaired.append([
+            (p, signs(band, m)[0]) for p, (m, is_sine) in enumerate(columns[:count])
+            if not is_sine and m and 2 * m != n and len(signs(band, m)) == 1
+        ])
+    return _RealAxisBasis(columns, counts, weights, unpaired)
+
+
+def _odd_term(pair: torch.Tensor) -> torch.Tensor:
+    """The spectrum rows a lone frequency ``+m`` adds beside its even part: for the (cos, sin) rows of one
+    magnitude, columns interleaved as (cos, sin) per column frequency, ``[[a, c], [b, e]] -> [[-e, b], [c, -a]]``
+    in each 2x2 block (the imaginary part of its inverse DFT, odd in ``t - s``)."""
+    blocks = pair.unflatten(-1, (pair.shape[-1] // 2, 2)).flip(-3).flip(-1)  # [[e, b], [c, a]]
+    sign = torch.tensor([[-1.0, 1.0], [1.0, -1.0]], dtype=pair.dtype, device=pair.device)[:, None, :]
+    return (blocks * sign).flatten(-2)
+
+
 def band_lowpass(
     x: torch.Tensor, cutoffs: Sequence[int], exact: bool = False, spatial_dims: int = 2, convolution_gemms: bool = False
 ) -> list[torch.Tensor]:
@@ -129,7 +180,8 @@ def band_lowpass(
 
     The masks are separable boxes that keep few frequencies (a quarter of the bins at most), so each band is a
     product of partial DFTs: analysis onto the kept frequencies of all bands (once), then a synthesis per
-    band from its subset. This costs O(H + W) multiply-adds per element in a few GEMMs, several times less
+    band from its subset; along H, a real (cos, sin) basis per frequency magnitude, half the columns of the
+    complex one. This costs O(H + W) multiply-adds per element in a few GEMMs, several times less
     than four 2-D FFTs on the CPU at the feature sizes FBM runs on, and is plain ``matmul``: it differentiates,
     compiles and exports to ONNX. It reproduces torch's ``irfft2`` exactly in exact arithmetic, including its
     reading of only the real part of the zero and Nyquist columns when a resized mask is not symmetric.
@@ -156,37 +208,43 @@ def iter_band_lowpass(
     factors = band_mask_factors(h, w, cutoffs, exact)
     # Each band keeps the bins below its threshold on the same per-axis frequencies, so the kept sets are
     # nested: ordered by how many bands keep them, every band's frequencies are a prefix (a slice, no gather).
-    rows, n_rows = _nested_order([r for r, _ in factors])
+    # Along H (a full, complex axis) the frequencies +-m share one real (cos, sin) pair of columns.
+    rows = _real_axis_basis(h, [r for r, _ in factors])
     cols, n_cols = _nested_order([c for _, c in factors])
-    if not rows or not cols:  # every band empty (only for cut-offs below the grid resolution)
+    if not rows.columns or not cols:  # every band empty (only for cut-offs below the grid resolution)
         yield from (torch.zeros_like(x) for _ in factors)
         return
-    cos_h, sin_h = _dft_basis(h, rows, x.dtype, x.device)
+    magnitudes = sorted({m for m, _ in rows.columns})
+    cos_m, sin_m = _dft_basis(h, magnitudes, torch.float64, x.device)
+    position = {m: i for i, m in enumerate(magnitudes)}
+    basis_h = torch.stack([(sin_m if is_sine else cos_m)[:, position[m]] for m, is_sine in rows.columns], 1)  # (H, q)
     cos_w, sin_w = _dft_basis(w, cols, x.dtype, x.device)
     # Real-signal synthesis weights along W: the zero and Nyquist columns count once, the others twice.
     weight_w = torch.tensor([1.0 if j == 0 or 2 * j == w else 2.0 for j in cols], dtype=x.dtype, device=x.device) / w
     matmul = convolution_matmul if convolution_gemms else torch.matmul
-    analysed = matmul(torch.cat([cos_h, sin_h], 1).T, matmul(x, torch.cat([cos_w, sin_w], 1)))
-    r, c = len(rows), len(cols)
-    # Real and imaginary parts of the (H-complex) spectrum on the kept bins: (..., r, c) each.
-    real = analysed[..., :r, :c] - analysed[..., r:, c:]
-    imag = analysed[..., :r, c:] + analysed[..., r:, :c]
+    # (..., q, 2c): the real basis along H of the W-spectrum's (cos, sin) parts, interleaved per W frequency so
+    # that a band's columns are a prefix too.
+    analysed = matmul(basis_h.to(x.dtype).T, matmul(x, torch.stack([cos_w, sin_w], -1).flatten(1)))
     if reuse_output and not convolution_gemms:  # convolution_matmul has no out=
         last_product = functools.partial(torch.matmul, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
     else:
         last_product = matmul
-    for rk, ck in zip(n_rows, n_cols):
+    for rk, ck, weights, unpaired in zip(rows.counts, n_cols, rows.weights, rows.unpaired):
         if rk == 0 or ck == 0:
             yield torch.zeros_like(x)
             continue
-        re, im = real[..., :rk, :ck], imag[..., :rk, :ck]
-        block = torch.cat([torch.cat([re, im], -1), torch.cat([im, -re], -1)], -2)  # (..., 2rk, 2ck)
-        synth_h = torch.cat([cos_h[:, :rk], sin_h[:, :rk]], 1) / h  # (H, 2rk)
+        block = analysed[..., :rk, : 2 * ck]  # a view: no copy unless the band keeps a lone frequency
+        synth_h = basis_h[:, :rk] * torch.tensor(weights, dtype=torch.float64, device=x.device) / h  # (H, rk)
+        if unpaired:
+            block = torch.cat([block] + [_odd_term(analysed[..., p : p + 2, : 2 * ck]) for p, _ in unpaired], -2)
+            synth_h = torch.cat([synth_h] + [basis_h[:, p : p + 2] * (sign / h) for p, sign in unpaired], 1)
+        synth_h = synth_h.to(x.dtype)
         wk = weight_w[:ck]
-        synth_w = torch.cat([cos_w[:, :ck] * wk, sin_w[:, :ck] * wk], 1).T  # (2ck, W)
+        synth_w = torch.stack([cos_w[:, :ck] * wk, sin_w[:, :ck] * wk], -1).flatten(1).T  # (2ck, W)
         # synth_h @ block @ synth_w, associated the way that multiplies less: rows first (a small (H, 2ck)
         # intermediate; wins for the wide low bands of large maps) or columns first.
-        if h * 2 * rk * 2 * ck + h * 2 * ck * w < 2 * rk * 2 * ck * w + h * 2 * rk * w:
+        n_h = synth_h.shape[1]
+        if h * n_h * 2 * ck + h * 2 * ck * w < n_h * 2 * ck * w + h * n_h * w:
             yield last_product(matmul(synth_h, block), synth_w)
         else:
             yield last_product(synth_h, matmul(block, synth_w))
