@@ -39,6 +39,8 @@ __all__ = [
 
 logger = logging.getLogger("fdconv_bench")
 
+_ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "LD_PRELOAD")
+
 OFFICIAL_HINT = (
     "pass the path to your own copy of the official layer, FDConv_detection/mmdet_custom/FDConv.py from "
     "https://github.com/Linwei-Chen/FDConv (the project does not ship it)"
@@ -193,7 +195,10 @@ def machine_description(device: torch.device, threads: int) -> str:
         ).stdout.strip()
         if commit:
             version += f" @ {commit}"
-    return f"{hardware}; torch {torch.__version__}; fdconv-zoo {version}; Python {platform.python_version()}"
+    # The memory allocator's settings (glibc's, or a preloaded one) move CPU timings by tens of percent: name them.
+    allocator = ", ".join(f"{name}={os.environ[name]}" for name in _ALLOCATOR_VARIABLES if name in os.environ)
+    allocator = f"; {allocator}" if allocator else ""
+    return f"{hardware}; torch {torch.__version__}; fdconv-zoo {version}; Python {platform.python_version()}{allocator}"
 
 
 def format_ms(v: float | None) -> str:
