@@ -79,13 +79,6 @@ class ExecutionPlan:
     def reuses_buffers(self) -> bool:
         return self.in_place and self.samples_per_chunk is not None
 
-    def chunks(self, batch: int) -> list[slice]:
-        """The sample ranges whose weights are built together (one for the whole batch: no loop over a
-        batch size that may be symbolic)."""
-        if self.samples_per_chunk is None:
-            return [slice(None)]
-        return [slice(i, i + self.samples_per_chunk) for i in range(0, batch, self.samples_per_chunk)]
-
 
 class PlannedLayer(ConvGeometry, Protocol):
     """What planning reads of an FDConv layer."""

@@ -286,9 +286,16 @@ class FDConv(nn.Module):
         # The bias is added inside the convolution unless the filter attention must scale the output first.
         filter_on_output = filt is not None and not plan.fold_attention
         workspaces: dict[int, Workspace] = {}  # buffers reused across chunks without autograd, one set per chunk size
+        if plan.samples_per_chunk is None:  # no loop over a batch size that may be symbolic, and no indexing
+            chunks = [(x, pooled, attentions)]
+        else:
+            # split views: their backward concatenates the chunks' gradients, where indexing (even x[:]) makes
+            # every chunk's gradient a zero-filled tensor of the whole input.
+            size = plan.samples_per_chunk
+            chunks = list(zip(x.split(size), pooled.split(size), attentions.split(size, -(-b // size))))
         outputs = []
-        for rows in plan.chunks(b):
-            args = (x[rows], pooled[rows], attentions.rows(rows), spectrum, None if filter_on_output else self.bias, plan)
+        for chunk in chunks:
+            args = (*chunk, spectrum, None if filter_on_output else self.bias, plan)
             if plan.recompute:
                 # Keep none of the per-sample weights for backward, recompute them there, a chunk at a time
                 # (KSM_Global, with its BatchNorm statistics, stays outside and runs once).

@@ -96,7 +96,8 @@ def static_spectrum(dft_weight: torch.Tensor, frequency_group: torch.Tensor, *, 
     the parameter itself rather than a weight-sized copy per layer."""
     pairs = dft_weight.to(torch.promote_types(dft_weight.dtype, torch.float32))
     spectrum = pairs.movedim(-1, 0).contiguous().movedim(0, -1) if copy_planes else pairs
-    return WeightSpectrum(spectrum[..., 0], spectrum[..., 1], frequency_group.long(), pairs)
+    real, imag = spectrum.unbind(-1)  # views whose backward stacks both gradients: no zero-filled one per plane
+    return WeightSpectrum(real, imag, frequency_group.long(), pairs)
 
 
 def weight_image(
@@ -130,11 +131,13 @@ def weight_image(
     b, rows = ka.shape[0], real.shape[-2]
     index = group_index.expand(b, param_ratio, *group_index.shape)
     per_bin = into(workspace, "per_bin", torch.gather, ka.expand(b, param_ratio, rows, kernel_num), 3, index)  # (B, P, rows, n2)
+    # With one copy, squeeze rather than index it away: the backward of an index zero-fills a spectrum-sized gradient.
     if param_ratio == 1 and reads_hermitian_part and not exportable:
         # One complex product straight from the interleaved pairs: no planes to multiply and reassemble.
-        values = torch.view_as_complex(pairs[0].contiguous())  # a copy only for other layouts (channels_last)
-        return inverse_weight_spectrum_values(into(workspace, "spectrum", torch.mul, values, per_bin[:, 0]), cols, workspace)
+        values = torch.view_as_complex(pairs.squeeze(0).contiguous())  # a copy only for other layouts (channels_last)
+        return inverse_weight_spectrum_values(into(workspace, "spectrum", torch.mul, values, per_bin.squeeze(1)), cols, workspace)
     if param_ratio == 1:
-        real, imag = (into(workspace, name, torch.mul, plane[0], per_bin[:, 0]) for name, plane in (("real", real), ("imag", imag)))
+        planes = (("real", real), ("imag", imag))
+        real, imag = (into(workspace, name, torch.mul, plane.squeeze(0), per_bin.squeeze(1)) for name, plane in planes)
         return inverse_weight_planes(real, imag, cols, workspace, **inverse)
     return inverse_weight_planes((real * per_bin).sum(1), (imag * per_bin).sum(1), cols, **inverse)

@@ -37,8 +37,10 @@ class KernelAttentions(NamedTuple):
     spatial: torch.Tensor | None  # (B, prod(kernel_size))
     group: torch.Tensor | None  # (B, kernel_num * param_ratio)
 
-    def rows(self, sl: slice) -> KernelAttentions:
-        return KernelAttentions(*(None if t is None else t[sl] for t in self))
+    def split(self, size: int, chunks: int) -> list[KernelAttentions]:
+        """The attentions of ``chunks`` runs of ``size`` samples (the last may be shorter), as views."""
+        parts = [[None] * chunks if t is None else t.split(size) for t in self]
+        return [KernelAttentions(*chunk) for chunk in zip(*parts)]
 
 
 class StarReLU(nn.Module):
