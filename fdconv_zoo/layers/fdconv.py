@@ -292,7 +292,8 @@ class FDConv(nn.Module):
             # split views: their backward concatenates the chunks' gradients, where indexing (even x[:]) makes
             # every chunk's gradient a zero-filled tensor of the whole input.
             size = plan.samples_per_chunk
-            chunks = list(zip(x.split(size), pooled.split(size), attentions.split(size, -(-b // size))))
+            xs = x.split(size)
+            chunks = list(zip(xs, pooled.split(size), attentions.split(size, len(xs))))
         outputs = []
         for chunk in chunks:
             args = (*chunk, spectrum, None if filter_on_output else self.bias, plan)
