@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from fdconv_testing import perturb_attention, relative_error
 from fdconv_zoo import FDConv
 from fdconv_zoo.layers import ConvMethod, ExecutionPlan, plan_execution
+from fdconv_zoo.layers.band_modulation import _cached_band_matrices
 from fdconv_zoo.layers.tap_sum_conv import tap_sum_conv
 
 CASES = [
@@ -37,7 +38,7 @@ def _plans(in_place: bool, pointwise: bool = False) -> list[ExecutionPlan]:
         ExecutionPlan(
             method=method, samples_per_chunk=chunk, recompute=recompute and not in_place, in_place=in_place,
             fold_attention=fold, fft_reads_hermitian_part=native_edges, recompute_bands=recompute and not in_place,
-            tap_sum_attention=native_edges,  # both CPU-eager choices: one more axis would double the plans
+            tap_sum_attention=native_edges, reuse_constants=native_edges,  # CPU-eager choices: one more axis would double the plans
         )
         for method, chunk, recompute, fold, native_edges in itertools.product(methods, (None, 2), (False, True), (False, True), (False, True))
     ]
@@ -203,3 +204,33 @@ def test_empty_batch_through_an_exported_program():
     with torch.no_grad():
         assert relative_error(program.module()(x), layer(x)) < 1e-5
         assert program.module()(torch.randn(0, 32, 8, 8)).shape == (0, 48, 8, 8)
+
+
+def test_band_matrices_are_cached_in_eager_forwards_only():
+    torch.manual_seed(0)
+    layer = perturb_attention(FDConv(32, 48, 3, padding=1, kernel_num=4)).eval()
+    x = torch.randn(2, 32, 8, 8)
+    _cached_band_matrices.cache_clear()
+    program = torch.export.export(layer, (x,))
+    with torch._subclasses.FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+        assert not plan_execution(layer, fake).reuse_constants
+    assert _cached_band_matrices.cache_info().currsize == 0  # the exported graph built its own constants
+    with torch.no_grad():
+        assert relative_error(program.module()(x), layer(x)) < 1e-5
+    assert plan_execution(layer, x).reuse_constants and _cached_band_matrices.cache_info().currsize == 1
+
+
+def test_band_matrices_cached_in_inference_mode_serve_a_later_training_step():
+    torch.manual_seed(0)
+    layer = perturb_attention(FDConv(32, 48, 3, padding=1, kernel_num=4))
+    x = torch.randn(2, 32, 9, 7)
+    _cached_band_matrices.cache_clear()
+    with torch.inference_mode():
+        expected = layer.eval()(x)
+    assert _cached_band_matrices.cache_info().currsize == 1
+    xi = x.clone().requires_grad_(True)
+    y = layer(xi)  # eval mode, with autograd: the cached matrices are saved for backward
+    y.square().sum().backward()  # inference tensors could not have been saved
+    assert _cached_band_matrices.cache_info().hits >= 1
+    assert relative_error(y, expected) < 1e-6 and xi.grad is not None

@@ -190,6 +190,66 @@ def band_lowpass(
     return list(iter_band_lowpass(x, cutoffs, exact, spatial_dims, convolution_gemms))
 
 
+class _BandSynthesis(NamedTuple):
+    """One 2-D band's synthesis: its ``rows`` x ``2 * cols`` prefix of the shared analysis, the positions of the
+    (cos, sin) row pairs of its lone frequencies (odd terms appended to the block), and the matrices either side
+    (``synth_h @ block @ synth_w``, rows first where that multiplies less)."""
+
+    rows: int
+    cols: int
+    unpaired: tuple[int, ...]
+    synth_h: torch.Tensor  # (H, rows + 2 * len(unpaired))
+    synth_w: torch.Tensor  # (2 * cols, W)
+    rows_first: bool
+
+
+class _BandMatrices(NamedTuple):
+    """The constant matrices of the 2-D band split of one map size: the shared analysis along W and H, and each
+    band's synthesis (None for a band that keeps nothing)."""
+
+    analysis_w: torch.Tensor  # (W, 2c): the W-spectrum's (cos, sin) parts, interleaved per W frequency
+    analysis_h: torch.Tensor  # (q, H): the real basis along H (a band's columns are a prefix of both)
+    bands: tuple[_BandSynthesis | None, ...]
+
+
+def _band_matrices(h: int, w: int, cutoffs: tuple[int, ...], exact: bool, dtype: torch.dtype, device: torch.device) -> _BandMatrices | None:
+    """The :class:`_BandMatrices` of an (h, w) map, or None where every band is empty (cut-offs below the grid
+    resolution)."""
+    factors = band_mask_factors(h, w, cutoffs, exact)
+    # Each band keeps the bins below its threshold on the same per-axis frequencies, so the kept sets are
+    # nested: ordered by how many bands keep them, every band's frequencies are a prefix (a slice, no gather).
+    # Along H (a full, complex axis) the frequencies +-m share one real (cos, sin) pair of columns.
+    rows = _real_axis_basis(h, [r for r, _ in factors])
+    cols, n_cols = _nested_order([c for _, c in factors])
+    if not rows.columns or not cols:
+        return None
+    magnitudes = sorted({m for m, _ in rows.columns})
+    cos_m, sin_m = _dft_basis(h, magnitudes, torch.float64, device)
+    position = {m: i for i, m in enumerate(magnitudes)}
+    basis_h = torch.stack([(sin_m if is_sine else cos_m)[:, position[m]] for m, is_sine in rows.columns], 1)  # (H, q)
+    cos_w, sin_w = _dft_basis(w, cols, dtype, device)
+    # Real-signal synthesis weights along W: the zero and Nyquist columns count once, the others twice.
+    weight_w = torch.tensor([1.0 if j == 0 or 2 * j == w else 2.0 for j in cols], dtype=dtype, device=device) / w
+    bands = []
+    for rk, ck, weights, unpaired in zip(rows.counts, n_cols, rows.weights, rows.unpaired):
+        if rk == 0 or ck == 0:
+            bands.append(None)
+            continue
+        synth_h = basis_h[:, :rk] * torch.tensor(weights, dtype=torch.float64, device=device) / h  # (H, rk)
+        if unpaired:
+            synth_h = torch.cat([synth_h] + [basis_h[:, p : p + 2] * (sign / h) for p, sign in unpaired], 1)
+        wk = weight_w[:ck]
+        synth_w = torch.stack([cos_w[:, :ck] * wk, sin_w[:, :ck] * wk], -1).flatten(1).T  # (2ck, W)
+        n_h = synth_h.shape[1]
+        rows_first = h * n_h * 2 * ck + h * 2 * ck * w < n_h * 2 * ck * w + h * n_h * w
+        bands.append(_BandSynthesis(rk, ck, tuple(p for p, _ in unpaired), synth_h.to(dtype), synth_w, rows_first))
+    return _BandMatrices(torch.stack([cos_w, sin_w], -1).flatten(1), basis_h.to(dtype).T, tuple(bands))
+
+
+# Eager forwards reuse the matrices of recent map sizes (a cache of tensors, so never filled while tracing).
+_cached_band_matrices = functools.lru_cache(maxsize=128)(_band_matrices)
+
+
 def iter_band_lowpass(
     x: torch.Tensor,
     cutoffs: Sequence[int],
@@ -197,57 +257,44 @@ def iter_band_lowpass(
     spatial_dims: int = 2,
     convolution_gemms: bool = False,
     reuse_output: bool = False,
+    reuse_constants: bool = False,
 ) -> Iterator[torch.Tensor]:
     """:func:`band_lowpass`'s bands one at a time. ``reuse_output`` (only without autograd) writes every 2-D
     ``matmul`` band into one buffer, each valid until the next is made: fresh output-sized tensors cost page
-    faults as well as their writes."""
+    faults as well as their writes. ``reuse_constants`` (eager only, never while compiling or exporting) takes
+    the 2-D split's matrices from a cache of recent map sizes instead of building them in about a millisecond
+    of small ops."""
     if spatial_dims != 2:
         yield from _band_lowpass_nd(x, cutoffs, exact, spatial_dims)
         return
-    h, w = x.shape[-2:]
-    factors = band_mask_factors(h, w, cutoffs, exact)
-    # Each band keeps the bins below its threshold on the same per-axis frequencies, so the kept sets are
-    # nested: ordered by how many bands keep them, every band's frequencies are a prefix (a slice, no gather).
-    # Along H (a full, complex axis) the frequencies +-m share one real (cos, sin) pair of columns.
-    rows = _real_axis_basis(h, [r for r, _ in factors])
-    cols, n_cols = _nested_order([c for _, c in factors])
-    if not rows.columns or not cols:  # every band empty (only for cut-offs below the grid resolution)
-        yield from (torch.zeros_like(x) for _ in factors)
+    key = (x.shape[-2], x.shape[-1], tuple(cutoffs), exact, x.dtype, x.device)
+    if reuse_constants:
+        with torch.inference_mode(False):  # inference tensors in the cache could not be saved for a later backward
+            matrices = _cached_band_matrices(*key)
+    else:
+        matrices = _band_matrices(*key)
+    if matrices is None:
+        yield from (torch.zeros_like(x) for _ in cutoffs)
         return
-    magnitudes = sorted({m for m, _ in rows.columns})
-    cos_m, sin_m = _dft_basis(h, magnitudes, torch.float64, x.device)
-    position = {m: i for i, m in enumerate(magnitudes)}
-    basis_h = torch.stack([(sin_m if is_sine else cos_m)[:, position[m]] for m, is_sine in rows.columns], 1)  # (H, q)
-    cos_w, sin_w = _dft_basis(w, cols, x.dtype, x.device)
-    # Real-signal synthesis weights along W: the zero and Nyquist columns count once, the others twice.
-    weight_w = torch.tensor([1.0 if j == 0 or 2 * j == w else 2.0 for j in cols], dtype=x.dtype, device=x.device) / w
     matmul = convolution_matmul if convolution_gemms else torch.matmul
-    # (..., q, 2c): the real basis along H of the W-spectrum's (cos, sin) parts, interleaved per W frequency so
-    # that a band's columns are a prefix too.
-    analysed = matmul(basis_h.to(x.dtype).T, matmul(x, torch.stack([cos_w, sin_w], -1).flatten(1)))
+    # (..., q, 2c): the real basis along H of the W-spectrum's (cos, sin) parts.
+    analysed = matmul(matrices.analysis_h, matmul(x, matrices.analysis_w))
     if reuse_output and not convolution_gemms:  # convolution_matmul has no out=
         last_product = functools.partial(torch.matmul, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
     else:
         last_product = matmul
-    for rk, ck, weights, unpaired in zip(rows.counts, n_cols, rows.weights, rows.unpaired):
-        if rk == 0 or ck == 0:
+    for band in matrices.bands:
+        if band is None:
             yield torch.zeros_like(x)
             continue
-        block = analysed[..., :rk, : 2 * ck]  # a view: no copy unless the band keeps a lone frequency
-        synth_h = basis_h[:, :rk] * torch.tensor(weights, dtype=torch.float64, device=x.device) / h  # (H, rk)
-        if unpaired:
-            block = torch.cat([block] + [_odd_term(analysed[..., p : p + 2, : 2 * ck]) for p, _ in unpaired], -2)
-            synth_h = torch.cat([synth_h] + [basis_h[:, p : p + 2] * (sign / h) for p, sign in unpaired], 1)
-        synth_h = synth_h.to(x.dtype)
-        wk = weight_w[:ck]
-        synth_w = torch.stack([cos_w[:, :ck] * wk, sin_w[:, :ck] * wk], -1).flatten(1).T  # (2ck, W)
-        # synth_h @ block @ synth_w, associated the way that multiplies less: rows first (a small (H, 2ck)
-        # intermediate; wins for the wide low bands of large maps) or columns first.
-        n_h = synth_h.shape[1]
-        if h * n_h * 2 * ck + h * 2 * ck * w < n_h * 2 * ck * w + h * n_h * w:
-            yield last_product(matmul(synth_h, block), synth_w)
+        width = 2 * band.cols
+        block = analysed[..., : band.rows, :width]  # a view: no copy unless the band keeps a lone frequency
+        if band.unpaired:
+            block = torch.cat([block] + [_odd_term(analysed[..., p : p + 2, :width]) for p in band.unpaired], -2)
+        if band.rows_first:  # a small (H, 2ck) intermediate; wins for the wide low bands of large maps
+            yield last_product(matmul(band.synth_h, block), band.synth_w)
         else:
-            yield last_product(synth_h, matmul(block, synth_w))
+            yield last_product(band.synth_h, matmul(block, band.synth_w))
 
 
 def _along(t: torch.Tensor, axis: int, matrix: torch.Tensor) -> torch.Tensor:
@@ -362,19 +409,23 @@ class FrequencyBandModulation(nn.Module):
         recompute: bool = False,
         convolution_gemms: bool = False,
         tap_sum_attention: bool = False,
+        reuse_constants: bool = False,
     ) -> torch.Tensor:
         """Modulated ``x`` (B, C, *spatial). ``in_place`` (only without autograd) accumulates the bands into one
         buffer; ``recompute`` keeps only ``x`` and the attention maps for backward and redoes the band split
         there (the bands are several input-sized tensors per layer, and the split is cheap next to the rest);
         ``convolution_gemms`` runs the split's products as 1x1 convolutions (see :func:`band_lowpass`);
-        ``tap_sum_attention`` makes the attention maps by :func:`~.tap_sum_conv.tap_sum_conv`."""
+        ``tap_sum_attention`` makes the attention maps by :func:`~.tap_sum_conv.tap_sum_conv`;
+        ``reuse_constants`` takes the split's matrices from a cache (eager only, see :func:`iter_band_lowpass`)."""
         compute_dtype = torch.promote_types(x.dtype, torch.float32)
         att = self._attention_maps(x, tap_sum_attention).to(compute_dtype)  # (B, n_att, G, *spatial)
         if recompute:
-            return checkpoint(self._modulate, x, att, in_place, exporting, convolution_gemms, use_reentrant=False)
-        return self._modulate(x, att, in_place, exporting, convolution_gemms)
+            return checkpoint(self._modulate, x, att, in_place, exporting, convolution_gemms, reuse_constants, use_reentrant=False)
+        return self._modulate(x, att, in_place, exporting, convolution_gemms, reuse_constants)
 
-    def _modulate(self, x: torch.Tensor, att: torch.Tensor, in_place: bool, exporting: bool, convolution_gemms: bool) -> torch.Tensor:
+    def _modulate(
+        self, x: torch.Tensor, att: torch.Tensor, in_place: bool, exporting: bool, convolution_gemms: bool, reuse_constants: bool
+    ) -> torch.Tensor:
         c = x.shape[1]
         g, n = self.spatial_group, len(self.k_list)
         xf = x.to(att.dtype)
@@ -385,7 +436,9 @@ class FrequencyBandModulation(nn.Module):
         out = att[:, 0, :, None] * xf.unflatten(1, (g, c // g))
         with float32_region(x.device.type, exporting):  # the band split stays in float32 under autocast
             # In place (no autograd), each band is consumed before the next is written into the same buffer.
-            lows = iter_band_lowpass(xf, self.k_list, self.exact_masks, self.spatial_dims, convolution_gemms, reuse_output=in_place)
+            lows = iter_band_lowpass(
+                xf, self.k_list, self.exact_masks, self.spatial_dims, convolution_gemms, reuse_output=in_place, reuse_constants=reuse_constants
+            )
             for j, low in enumerate(lows):
                 low = low.unflatten(1, (g, c // g))
                 out = out.addcmul_(coefficients[:, j, :, None], low) if in_place else out.addcmul(coefficients[:, j, :, None], low)

@@ -61,6 +61,8 @@ class ExecutionPlan:
     frequency band split in backward instead of keeping the bands; ``convolution_band_gemms`` runs its products
     as 1x1 convolutions. ``tap_sum_attention`` computes the band attention maps as one 1x1 convolution and
     shifted sums (:mod:`.tap_sum_conv`), which in inference beats the CPU's direct convolution to three channels.
+    ``reuse_constants``: eager code on plain tensors takes the band split's DFT matrices from a per-size cache;
+    traced code (compile, export, fake tensors) builds them, so they become constants of its graph.
     """
 
     method: ConvMethod
@@ -74,6 +76,7 @@ class ExecutionPlan:
     recompute_bands: bool = False
     convolution_band_gemms: bool = False
     tap_sum_attention: bool = False
+    reuse_constants: bool = False
 
     @property
     def reuses_buffers(self) -> bool:
@@ -194,4 +197,6 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
         convolution_band_gemms=_convolution_band_gemms(layer, x, positions, eager_cpu),
         # Without autograd only: in training steps the shifted sums' backward cost what the forward saved.
         tap_sum_attention=eager_cpu and not records_autograd,
+        # A tensor subclass (fake, functional) means some tracer runs: its tensors must not enter the cache.
+        reuse_constants=not exporting and not compiling and type(x) is torch.Tensor,
     )

@@ -274,6 +274,7 @@ class FDConv(nn.Module):
             x = self.FBM(
                 x, in_place=plan.in_place, exporting=plan.exporting, recompute=plan.recompute_bands,
                 convolution_gemms=plan.convolution_band_gemms, tap_sum_attention=plan.tap_sum_attention,
+                reuse_constants=plan.reuse_constants,
             )
         filt = attentions.filter
         if not plan.fold_attention:  # the separable attentions scale the features; the kernel keeps the others
