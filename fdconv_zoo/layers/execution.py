@@ -153,10 +153,10 @@ def _method(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bo
 
 def _convolution_band_gemms(layer: PlannedLayer, x: torch.Tensor, positions: int, eager_cpu: bool) -> bool:
     """Eager float32 band splits of large 2-D maps on AVX-512 CPUs (float64 convolutions have no fast CPU kernel;
-    exported and compiled graphs keep plain matmuls)."""
+    exported and compiled graphs keep plain matmuls). The CPU capability is asked last: a traced call of
+    ``get_cpu_capability`` is a graph break."""
     large_map = not layer.token_layout and layer.spatial_dims == 2 and positions >= _CONVOLUTION_BANDS_FROM
-    avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
-    return eager_cpu and large_map and x.dtype != torch.float64 and avx512
+    return eager_cpu and large_map and x.dtype != torch.float64 and torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def _samples_per_chunk(layer: PlannedLayer, batch: int, training: bool) -> int | None:

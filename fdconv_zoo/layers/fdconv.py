@@ -52,7 +52,7 @@ def _position_mean(x: torch.Tensor, token_layout: bool) -> torch.Tensor:
     backward divides it into a fresh input-sized tensor, one more pass and allocation per layer (at 512x512,
     batch 2, a 32 MiB tensor for each of ResNet-50's first-stage layers)."""
     dims = (1,) if token_layout else tuple(range(2, x.dim()))
-    return x.sum(dims) / math.prod(x.shape[d] for d in dims)
+    return x.sum(dims) / math.prod([x.shape[d] for d in dims])  # a list: torch.compile cannot trace a generator here
 
 
 class FDConv(nn.Module):
