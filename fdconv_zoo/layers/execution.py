@@ -41,7 +41,7 @@ _CONVOLUTION_BANDS_FROM = 64 * 64
 class ConvMethod(enum.Enum):
     """Formulation of the per-sample convolution (all compute the same sums)."""
 
-    GROUPED = "grouped"  # one convolution with B groups: accelerators, shallow CPU layers
+    GROUPED = "grouped"  # one convolution with B groups: accelerators, compile, shallow CPU layers
     IM2COL = "im2col"  # unfolded input times the weight image: deep CPU layers, export (no batch-dependent groups)
     MATMUL = "matmul"  # token layout: (B, N, Cin) times the per-sample (Cin, Cout)
     POINTWISE = "pointwise"  # unpadded 1x1 maps: a batched matmul over the (strided) positions, in the input's memory layout
@@ -134,19 +134,18 @@ def _is_pointwise(layer: PlannedLayer) -> bool:
     return all(k == 1 for k in layer.kernel_size) and unpadded
 
 
-def _method(layer: PlannedLayer, x: torch.Tensor, exporting: bool) -> ConvMethod:
+def _method(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bool) -> ConvMethod:
     """A batched matmul for token layout and pointwise layers (the 1x1 convolutions of bottlenecks and their
-    strided shortcuts); otherwise im2col while exporting and on the CPU (eager or compiled) wherever the weight
-    outsizes the output map (``Cout >= H'W'``): the matmul reads the weight in the layout it is generated in,
-    while the convolution needs it transposed. Compiled, a 512-channel 3x3 layer's training step on a 16x16 map
-    took 225 ms this way against 274 ms as the grouped convolution (batch 2, an AVX2 CPU)."""
+    strided shortcuts); otherwise im2col while exporting and on the CPU wherever the weight outsizes the output
+    map (``Cout >= H'W'``): the matmul reads the weight in the layout it is generated in, while the convolution
+    needs it transposed."""
     if layer.token_layout:
         return ConvMethod.MATMUL
     if _is_pointwise(layer):
         return ConvMethod.POINTWISE
     if exporting:
         return ConvMethod.IM2COL
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or compiling:
         return ConvMethod.GROUPED
     positions = math.prod(output_size(x.shape[2:], layer))
     return ConvMethod.IM2COL if layer.out_channels >= positions else ConvMethod.GROUPED
@@ -184,7 +183,7 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
     eager_cpu = x.device.type == "cpu" and not exporting and not compiling
     whole_batch = not eager_cpu  # a symbolic batch must not be looped over
     return ExecutionPlan(
-        method=_method(layer, x, exporting),
+        method=_method(layer, x, exporting, compiling),
         samples_per_chunk=None if whole_batch else _samples_per_chunk(layer, x.shape[0], grad),
         recompute=bool(recompute) and grad and not exporting,
         in_place=not records_autograd,
