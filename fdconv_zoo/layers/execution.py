@@ -180,7 +180,8 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
     recompute = layer.recompute_weight
     if recompute is None:  # per sample: the weight (Cout * Cin * k...) against the input (Cin * positions)
         recompute = layer.out_channels * math.prod(layer.kernel_size) > positions
-    eager_cpu = x.device.type == "cpu" and not exporting and not compiling
+    eager = not exporting and not compiling
+    eager_cpu = eager and x.device.type == "cpu"
     whole_batch = not eager_cpu  # a symbolic batch must not be looped over
     return ExecutionPlan(
         method=_method(layer, x, exporting, compiling),
@@ -198,5 +199,5 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
         # Without autograd only: in training steps the shifted sums' backward cost what the forward saved.
         tap_sum_attention=eager_cpu and not records_autograd,
         # A tensor subclass (fake, functional) means some tracer runs: its tensors must not enter the cache.
-        reuse_constants=not exporting and not compiling and type(x) is torch.Tensor,
+        reuse_constants=eager and type(x) is torch.Tensor,
     )
