@@ -261,11 +261,12 @@ def test_profile_dense_times_every_part_and_restores_the_layer(profile_dense, ca
     ms = profile_dense.eval_attribution(profile_dense.Setting("resnet18", 64, 64, 2), repeats=1)
     for label, _, _ in profile_dense.EVAL_PARTS:  # each wrapped callable is the one the layer really calls
         assert ms[label] > 0, label
-    assert ms["total"] > sum(v for k, v in ms.items() if k not in ("total", "base", profile_dense._OUTSIDE, profile_dense._REST))
+    assert ms["total"] > sum(v for k, v in ms.items() if k not in ("total", "base", "fdconv", profile_dense._OUTSIDE, profile_dense._REST))
+    assert ms["base"] > 0 and ms["fdconv"] > 0  # the untimed backbone and the base model, round-robin
     assert all(getattr(owner, attr) is fn for (owner, attr), fn in originals.items())
     profile_dense.main(["--setting", "resnet18:64x64:2", "--repeats", "1", "--threads", "1", "--markdown"])
     text = capsys.readouterr().out
-    for label in [p[0] for p in profile_dense.EVAL_PARTS] + [a[0] for a in profile_dense.ABLATIONS] + ["base", "full FDConv"]:
+    for label in [p[0] for p in profile_dense.EVAL_PARTS] + [a[0] for a in profile_dense.ABLATIONS] + ["base", "full FDConv", "FDConv backbone, untimed, round-robin"]:
         assert f"| {label}" in text, label
 
 
