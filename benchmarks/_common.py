@@ -16,7 +16,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,8 @@ __all__ = [
     "median_times",
     "peak_memory_mib",
     "quiet",
+    "ratio_range",
+    "round_robin_times",
     "save_figure",
     "sync",
 ]
@@ -53,20 +55,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_times(
+def round_robin_times(
     fns: dict[str, Callable[[], object]],
     device: torch.device,
     warmup: int = 2,
     repeats: int = 10,
     budget_s: float = float("inf"),
     min_repeats: int = 3,
-) -> dict[str, float]:
-    """Median wall time (ms) of each function, measured round-robin in this process.
+) -> dict[str, list[float]]:
+    """Wall times (ms) of each function, one per round, measured round-robin in this process.
 
     Interleaving the candidates spreads background load on a shared machine evenly over them, so their ratios
     stay meaningful when absolute times drift. Each function gets ``warmup`` untimed runs, then up to
     ``repeats`` timed runs; one whose timed runs add up to more than ``budget_s`` stops early, after at least
-    ``min(min_repeats, repeats)`` runs (a 3-second training step need not run ten times).
+    ``min(min_repeats, repeats)`` runs (a 3-second training step need not run ten times). A function that stops
+    stays stopped, so entry ``i`` of every list is from round ``i``.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -83,7 +86,21 @@ def median_times(
             fns[name]()
             sync(device)
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def median_times(fns: dict[str, Callable[[], object]], device: torch.device, *args: object, **kwargs: object) -> dict[str, float]:
+    """Median of :func:`round_robin_times` (same arguments) for each function."""
+    return {name: statistics.median(t) for name, t in round_robin_times(fns, device, *args, **kwargs).items()}
+
+
+def ratio_range(numerator: Sequence[float], denominator: Sequence[float]) -> tuple[float, float] | None:
+    """Smallest and largest ratio of two functions' times within one round (None with fewer than two rounds).
+
+    Both ran back to back in each round, so these ratios hold while the machine's speed drifts between rounds;
+    their spread shows how far one run of the table can move a ratio."""
+    ratios = [n / d for n, d in zip(numerator, denominator) if d > 0]
+    return (min(ratios), max(ratios)) if len(ratios) > 1 else None
 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
@@ -239,6 +256,7 @@ class Target:
     limit: float
     at_most: bool  # True: every value must be <= limit; False: >= limit
     values: dict[str, float]
+    ranges: dict[str, tuple[float, float] | None] = field(default_factory=dict)  # per value: its ratio_range
 
     @property
     def met(self) -> bool:
@@ -248,8 +266,12 @@ class Target:
         if not self.values:
             return f"{self.description}: not measured"
         op = "<=" if self.at_most else ">="
-        measured = ", ".join(f"{k} {v:.2f}x" for k, v in self.values.items())
+        measured = ", ".join(f"{k} {v:.2f}x" + _range_text(self.ranges.get(k)) for k, v in self.values.items())
         return f"{self.description} ({op} {self.limit:g}x): {'met' if self.met else 'NOT met'} ({measured})"
+
+
+def _range_text(spread: tuple[float, float] | None) -> str:
+    return "" if spread is None else f", {spread[0]:.2f}-{spread[1]:.2f}x within rounds"
 
 
 def check_plot_path(path: Path | None, overwrite: bool) -> None:

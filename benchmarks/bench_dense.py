@@ -10,7 +10,9 @@ counts: ``features_only`` backbones (what a detection or segmentation head consu
 800x1333 batch 1, plus the 224x224 batch 8 classifier for reference. A setting is ``MODEL:HxW:BATCH``, with
 ``:classifier`` for the whole classifier. Each base model and its ``_fdconv`` variant (random init) are built
 and timed in the same process, round-robin, as medians after warm-up: eval is a no-grad forward, a training
-step is forward, a scalar loss over every output and backward. The official column (``--official PATH``, your
+step is forward, a scalar loss over every output and backward. Each ratio of medians comes with the smallest and
+largest ratio within one round, where the two models ran back to back: on a shared machine whose speed drifts,
+that range shows how far a ratio can move within one run. The official column (``--official PATH``, your
 own copy of its ``FDConv.py``) is the same FDConv backbone with every FDConv layer replaced by the official
 layer loaded with the same state dict (its output is checked to match); it applies to the ResNets, whose
 FDConv layers are convolutions (the other families use FDConv in token layout, which the official layer lacks).
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,9 +43,10 @@ from _common import (  # noqa: E402
     load_official_fdconv,
     logger,
     machine_description,
-    median_times,
     peak_memory_mib,
     quiet,
+    ratio_range,
+    round_robin_times,
 )
 
 import fdconv_zoo  # noqa: E402  (registers the FDConv models)
@@ -213,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
             models["official"].load_state_dict(models[fdconv].state_dict())
             match = _max_relative_difference(models[fdconv], models["official"], x)
         for variant in ["eager"] + (["compiled"] if setting in compiled else []):
-            row: dict = {"official match": match if variant == "eager" else None}
+            row: dict = {"official match": match if variant == "eager" else None, "rounds": {}}
             if variant == "compiled":
                 torch._dynamo.reset()  # fresh caches: no silent fall-back to eager at the recompile limit
             for mode in ("eval", "train"):
@@ -230,7 +234,9 @@ def main(argv: list[str] | None = None) -> dict:
                     except Exception as exc:  # noqa: BLE001  (reported in the table as "fails")
                         logger.warning("%s %s %s: %s fails (%s: %s)", setting, variant, mode, name, type(exc).__name__, str(exc)[:200])
                         row[mode][name] = None
-                row[mode].update(median_times(fns, device, args.warmup - 1, args.repeats, args.budget))
+                rounds = round_robin_times(fns, device, args.warmup - 1, args.repeats, args.budget)
+                row[mode].update({name: statistics.median(times) for name, times in rounds.items()})
+                row["rounds"][mode] = rounds
             if variant == "eager" and not args.no_memory:
                 row["memory"] = {}
                 for name in (base, fdconv):
@@ -241,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     header_line = (
         f"{args.dtype}, {device}; {machine_description(device, args.threads)}. Median ms per forward (eval) or training "
-        "step; cells are base / FDConv model; ratios FDConv / base, and official / FDConv (the speed-up over the official layer)."
+        "step; cells are base / FDConv model; ratios FDConv / base, and official / FDConv (the speed-up over the official layer): "
+        "ratios of the medians, in brackets the smallest and largest ratio within one round (the two ran back to back)."
     )
     targets = _targets(rows)
     out = [f"**Dense-resolution benchmark.** {header_line}" if args.markdown else header_line, "", _table(rows, official_cls is not None, args.markdown), ""]
@@ -293,6 +300,18 @@ def _ratio(num: float | None, den: float | None) -> str:
     return "-" if not num or not den else f"{num / den:.2f}x"
 
 
+def _time_ratio(row: dict, mode: str, num: str, den: str) -> str:
+    """The ratio of two models' median times in ``mode``, with its range within rounds."""
+    text = _ratio(row[mode].get(num), row[mode].get(den))
+    spread = _round_range(row, mode, num, den)
+    return text if spread is None or text == "-" else f"{text} ({spread[0]:.2f}-{spread[1]:.2f})"
+
+
+def _round_range(row: dict, mode: str, num: str, den: str) -> tuple[float, float] | None:
+    rounds = row["rounds"].get(mode, {})
+    return ratio_range(rounds[num], rounds[den]) if num in rounds and den in rounds else None
+
+
 def _table(rows: dict, official: bool, markdown: bool) -> str:
     header = ["setting", "eval ms", "eval ratio", "train step ms", "train ratio", "peak train MiB", "memory ratio"]
     header += ["official eval ms", "official / FDConv eval", "official train ms", "official / FDConv train"] if official else []
@@ -303,17 +322,17 @@ def _table(rows: dict, official: bool, markdown: bool) -> str:
         line = [
             str(setting) if variant == "eager" else f"{setting} {variant}",
             format_pair(r["eval"].get(base), r["eval"].get(fdconv)),
-            _ratio(r["eval"].get(fdconv), r["eval"].get(base)),
+            _time_ratio(r, "eval", fdconv, base),
             format_pair(r["train"].get(base), r["train"].get(fdconv)),
-            _ratio(r["train"].get(fdconv), r["train"].get(base)),
+            _time_ratio(r, "train", fdconv, base),
             format_pair(mem[base], mem[fdconv]) if mem else "-",
             _ratio(mem[fdconv], mem[base]) if mem else "-",
         ]
         if official:
             has = "official" in r["eval"]
             line += [
-                format_ms(r["eval"]["official"]) if has else "-", _ratio(r["eval"].get("official"), r["eval"].get(fdconv)),
-                format_ms(r["train"]["official"]) if has else "-", _ratio(r["train"].get("official"), r["train"].get(fdconv)),
+                format_ms(r["eval"]["official"]) if has else "-", _time_ratio(r, "eval", "official", fdconv),
+                format_ms(r["train"]["official"]) if has else "-", _time_ratio(r, "train", "official", fdconv),
             ]
         table.append(line)
     return format_table(header, table, markdown)
@@ -325,15 +344,19 @@ def _targets(rows: dict) -> list[Target]:
         goals = TARGETS.get(setting.spec) if variant == "eager" else None
         for what, (limit, at_most) in (goals or {}).items():
             base, fdconv = setting.model, f"{setting.model}_fdconv"
+            spread = None
             if what.startswith("official"):
                 mode = what.split()[1]
                 num, den = r[mode].get("official"), r[mode].get(fdconv)
                 description = f"{setting}: official / FDConv {mode}"
+                spread = _round_range(r, mode, "official", fdconv)
             else:
                 source = r.get("memory", {}) if what == "memory" else r[what]
                 num, den = source.get(fdconv), source.get(base)
                 description = f"{setting}: FDConv / base {what}"
-            targets.append(Target(description, limit, at_most, {setting.model: num / den} if num and den else {}))
+                spread = None if what == "memory" else _round_range(r, what, fdconv, base)
+            measured = {setting.model: num / den} if num and den else {}
+            targets.append(Target(description, limit, at_most, measured, {setting.model: spread} if measured else {}))
     return targets
 
 

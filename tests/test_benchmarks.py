@@ -192,12 +192,30 @@ def test_median_times_budget_and_interleaving(common):
     assert 25 < times["slow"] < 1000 and times["fast"] < 25
 
 
+def test_ratio_range_pairs_times_within_rounds(common):
+    # Round by round, not min over max of the lists: a machine slowing down in round 2 moves both times.
+    assert common.ratio_range([2.0, 8.0, 3.0], [1.0, 4.0, 3.0]) == (1.0, 2.0)
+    assert common.ratio_range([2.0], [1.0]) is None  # one round has no spread
+    times = common.round_robin_times({"a": lambda: None, "b": lambda: None}, torch.device("cpu"), warmup=0, repeats=4)
+    assert [len(t) for t in times.values()] == [4, 4]
+
+
+def test_dense_ratio_cells_show_the_range_within_rounds(bench_dense):
+    row = {"eval": {"fd": 3.0, "base": 2.0}, "rounds": {"eval": {"fd": [3.0, 6.0, 2.0], "base": [2.0, 3.0, 2.0]}}}
+    assert bench_dense._time_ratio(row, "eval", "fd", "base") == "1.50x (1.00-2.00)"
+    row["rounds"]["eval"] = {"fd": [3.0], "base": [2.0]}
+    assert bench_dense._time_ratio(row, "eval", "fd", "base") == "1.50x"
+    assert bench_dense._time_ratio({"eval": {"fd": 3.0, "base": None}, "rounds": {}}, "eval", "fd", "base") == "-"  # base failed
+
+
 def test_target_lines(common):
     at_most = common.Target("eval ratio", 3.0, True, {"C=64": 2.0, "C=512": 3.5})
     assert not at_most.met and "NOT met" in at_most.line() and "C=512 3.50x" in at_most.line()
     at_least = common.Target("speed-up", 5.0, False, {"C=64": 5.0})
     assert at_least.met and ": met" in at_least.line()
     assert "not measured" in common.Target("x", 1.0, True, {}).line()
+    ranged = common.Target("eval", 1.5, True, {"resnet50": 1.58}, {"resnet50": (1.49, 1.66)})
+    assert ranged.line().endswith("(resnet50 1.58x, 1.49-1.66x within rounds)")
 
 
 @pytest.fixture(scope="module")
