@@ -31,6 +31,7 @@ __all__ = [
     "load_official_fdconv",
     "machine_description",
     "median_times",
+    "medians",
     "peak_memory_mib",
     "quiet",
     "ratio_range",
@@ -89,9 +90,14 @@ def round_robin_times(
     return times
 
 
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    """The median of each function's times (from :func:`round_robin_times`)."""
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def median_times(fns: dict[str, Callable[[], object]], device: torch.device, *args: object, **kwargs: object) -> dict[str, float]:
     """Median of :func:`round_robin_times` (same arguments) for each function."""
-    return {name: statistics.median(t) for name, t in round_robin_times(fns, device, *args, **kwargs).items()}
+    return medians(round_robin_times(fns, device, *args, **kwargs))
 
 
 def ratio_range(numerator: Sequence[float], denominator: Sequence[float]) -> tuple[float, float] | None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +42,7 @@ from _common import (  # noqa: E402
     load_official_fdconv,
     logger,
     machine_description,
+    medians,
     peak_memory_mib,
     quiet,
     ratio_range,
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
                         logger.warning("%s %s %s: %s fails (%s: %s)", setting, variant, mode, name, type(exc).__name__, str(exc)[:200])
                         row[mode][name] = None
                 rounds = round_robin_times(fns, device, args.warmup - 1, args.repeats, args.budget)
-                row[mode].update({name: statistics.median(times) for name, times in rounds.items()})
+                row[mode].update(medians(rounds))
                 row["rounds"][mode] = rounds
             if variant == "eager" and not args.no_memory:
                 row["memory"] = {}
@@ -304,7 +304,7 @@ def _time_ratio(row: dict, mode: str, num: str, den: str) -> str:
     """The ratio of two models' median times in ``mode``, with its range within rounds."""
     text = _ratio(row[mode].get(num), row[mode].get(den))
     spread = _round_range(row, mode, num, den)
-    return text if spread is None or text == "-" else f"{text} ({spread[0]:.2f}-{spread[1]:.2f})"
+    return text if spread is None else f"{text} ({spread[0]:.2f}-{spread[1]:.2f})"
 
 
 def _round_range(row: dict, mode: str, num: str, den: str) -> tuple[float, float] | None:
@@ -344,7 +344,6 @@ def _targets(rows: dict) -> list[Target]:
         goals = TARGETS.get(setting.spec) if variant == "eager" else None
         for what, (limit, at_most) in (goals or {}).items():
             base, fdconv = setting.model, f"{setting.model}_fdconv"
-            spread = None
             if what.startswith("official"):
                 mode = what.split()[1]
                 num, den = r[mode].get("official"), r[mode].get(fdconv)
