@@ -3,6 +3,7 @@
     python benchmarks/bench_dense.py --official ~/FDConv/FDConv_detection/mmdet_custom/FDConv.py --compile --markdown
     python benchmarks/bench_dense.py --settings resnet50:512x512:2           # one row
     python benchmarks/bench_dense.py --device cuda --dtype bfloat16 --compile
+    python benchmarks/bench_dense.py --keep-weights                          # per-sample weights kept: memory for speed
     python benchmarks/bench_dense.py --quick                                 # smoke run, seconds
 
 FDConv is a dense-prediction method (the paper: 512x512 ADE20K crops, 1333x800 COCO), so these rows are what
@@ -87,8 +88,8 @@ class Setting:
     def spec(self) -> str:
         return f"{self.model}:{self.height}x{self.width}:{self.batch}" + (":classifier" if self.classifier else "")
 
-    def create(self, name: str) -> nn.Module:
-        kwargs = {} if self.classifier else {"features_only": True}
+    def create(self, name: str, **model_kwargs: object) -> nn.Module:
+        kwargs = dict(model_kwargs) if self.classifier else {"features_only": True, **model_kwargs}
         if "swin" in name or "mit" in name:
             kwargs["img_size"] = (self.height, self.width)  # attention windows and position tables follow the input
         return timm.create_model(name, **kwargs)
@@ -175,6 +176,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per model (at most)")
     p.add_argument("--budget", type=float, default=20.0, help="seconds of timed runs after which a slow model stops early (>= 3 runs)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak training memory column")
+    p.add_argument(
+        "--keep-weights", action="store_true",
+        help="FDConv models keep their per-sample weights for backward (fdconv_cfg=dict(recompute_weight=False)) "
+        "instead of recomputing them in deep layers: the speed-memory trade-off of training",
+    )
     p.add_argument("--markdown", action="store_true", help="GitHub Markdown table with a header line naming the machine")
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18 at 64x64 batch 2, one timed run")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -208,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
     for setting in args.settings:
         torch.manual_seed(0)
         base, fdconv = setting.model, f"{setting.model}_fdconv"
-        models = {base: setting.create(base).to(device), fdconv: setting.create(fdconv).to(device)}
+        fdconv_kwargs = {"fdconv_cfg": {"recompute_weight": False}} if args.keep_weights else {}
+        models = {base: setting.create(base).to(device), fdconv: setting.create(fdconv, **fdconv_kwargs).to(device)}
         x = torch.randn(setting.batch, 3, setting.height, setting.width, device=device)
         activate_attentions(models[fdconv])
         match = None
@@ -245,8 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
             rows[(setting, variant)] = row
         del models
 
+    kept = " FDConv models keep their per-sample weights for backward (recompute_weight=False)." if args.keep_weights else ""
     header_line = (
-        f"{args.dtype}, {device}; {machine_description(device, args.threads)}. Median ms per forward (eval) or training "
+        f"{args.dtype}, {device}; {machine_description(device, args.threads)}.{kept} Median ms per forward (eval) or training "
         "step; cells are base / FDConv model; ratios FDConv / base, and official / FDConv (the speed-up over the official layer): "
         "ratios of the medians, in brackets the smallest and largest ratio within one round (the two ran back to back)."
     )

@@ -241,6 +241,17 @@ def test_dense_quick_with_official_backbone(bench_dense, tmp_path, capsys):
     assert cells[6] == f"{row['memory']['resnet18_fdconv'] / row['memory']['resnet18']:.2f}x"
 
 
+def test_dense_keep_weights_trades_memory_for_the_recomputation(bench_dense, capsys):
+    """--keep-weights builds the FDConv model through the user-facing fdconv_cfg: its deep layers then keep their
+    per-sample weights for backward, so one training step holds more memory; the base model is untouched."""
+    default = bench_dense.main(["--quick", "--threads", "1"])["rows"]
+    kept = bench_dense.main(["--quick", "--threads", "1", "--keep-weights", "--markdown"])["rows"]
+    assert "recompute_weight=False" in capsys.readouterr().out.split("Dense-resolution benchmark.")[-1].splitlines()[0]
+    (default_row,), (kept_row,) = default.values(), kept.values()
+    assert kept_row["memory"]["resnet18"] == default_row["memory"]["resnet18"]
+    assert kept_row["memory"]["resnet18_fdconv"] > default_row["memory"]["resnet18_fdconv"] + 1.0
+
+
 def test_dense_official_layers_replace_every_fdconv_layer(bench_dense, tmp_path):
     import timm
     from fdconv_zoo import FDConv
