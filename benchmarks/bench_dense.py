@@ -211,10 +211,10 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
 
     rows: dict[tuple[Setting, str], dict] = {}  # (setting, variant) -> {mode: {name: ms}, memory, official match}
+    fdconv_kwargs = {"fdconv_cfg": {"recompute_weight": False}} if args.keep_weights else {}
     for setting in args.settings:
         torch.manual_seed(0)
         base, fdconv = setting.model, f"{setting.model}_fdconv"
-        fdconv_kwargs = {"fdconv_cfg": {"recompute_weight": False}} if args.keep_weights else {}
         models = {base: setting.create(base).to(device), fdconv: setting.create(fdconv, **fdconv_kwargs).to(device)}
         x = torch.randn(setting.batch, 3, setting.height, setting.width, device=device)
         activate_attentions(models[fdconv])
