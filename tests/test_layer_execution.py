@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from fdconv_testing import perturb_attention, relative_error
 from fdconv_zoo import FDConv
-from fdconv_zoo.layers import ConvMethod, ExecutionPlan, plan_execution
+from fdconv_zoo.layers import ConvMethod, ExecutionPlan, execution, plan_execution
 from fdconv_zoo.layers.band_modulation import _cached_band_matrices
 from fdconv_zoo.layers.tap_sum_conv import tap_sum_conv
 
@@ -144,13 +144,18 @@ def test_strided_pointwise_layers_run_a_batched_matmul():
     assert relative_error(y, layer(x, ExecutionPlan(method=ConvMethod.GROUPED))) < 1e-12
 
 
-def test_band_split_runs_on_convolutions_for_large_float32_maps_on_avx512_cpus(monkeypatch):
+def test_band_split_runs_on_convolutions_for_large_float32_maps_on_amd_avx512_cpus(monkeypatch):
     layer = FDConv(16, 16, 3, padding=1)
     large, small = torch.randn(1, 16, 64, 64), torch.randn(1, 16, 63, 64)
+    monkeypatch.setattr(execution, "cpu_vendor", lambda: "AuthenticAMD")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert not plan_execution(layer, large).convolution_band_gemms  # the BLAS was the faster one there
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert plan_execution(layer, large).convolution_band_gemms
+    for vendor in ("GenuineIntel", ""):  # MKL's GEMMs won on an Intel Xeon with AVX-512; unknown CPUs keep the BLAS
+        monkeypatch.setattr(execution, "cpu_vendor", lambda vendor=vendor: vendor)
+        assert not plan_execution(layer, large).convolution_band_gemms
+    monkeypatch.setattr(execution, "cpu_vendor", lambda: "AuthenticAMD")
     assert not plan_execution(layer, small).convolution_band_gemms
     assert not plan_execution(layer.double(), large.double()).convolution_band_gemms  # no fast float64 convolution
     token_layer = FDConv(16, 16, 1, token_layout=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ import torch
 
 from .conv_geometry import ConvGeometry, output_size
 
-__all__ = ["ConvMethod", "ExecutionPlan", "Workspace", "float32_region", "into", "is_exporting", "plan_execution"]
+__all__ = ["ConvMethod", "ExecutionPlan", "Workspace", "cpu_vendor", "float32_region", "into", "is_exporting", "plan_execution"]
 
 Workspace = dict[str, torch.Tensor]
 
@@ -31,10 +32,11 @@ Workspace = dict[str, torch.Tensor]
 # the whole batch's weights pass _TRAIN_CHUNK_FROM (autograd needs fresh buffers, so smaller chunks gain less).
 _EVAL_CHUNK_FROM, _EVAL_CHUNK = 2**19, 2**21
 _TRAIN_CHUNK_FROM, _TRAIN_CHUNK = 2**23, 2**22
-# Positions per 2-D map from which an AVX-512 CPU runs the band split's GEMMs as 1x1 convolutions (oneDNN): at
-# 512x512 on an AMD EPYC with AVX-512 they took 0.64-0.85x the BLAS's time on maps of 64x64 and up, about the
-# same at 32x32, and lost on small maps; on an AVX2-only EPYC they took 1.06-1.08x everywhere in forward
-# (benchmarks/bench_gemm_backend.py, README).
+# Positions per 2-D map from which an AMD CPU with AVX-512 runs the band split's GEMMs as 1x1 convolutions
+# (oneDNN) instead of on the BLAS (MKL in the x86 wheels): at 512x512 on an AMD EPYC with AVX-512 they took
+# 0.64-0.85x the BLAS's time on maps of 64x64 and up, about the same at 32x32, and lost on small maps; on an
+# AVX2-only EPYC they took 1.06-1.08x everywhere in forward, and on an Intel Xeon with AVX-512 1.24-1.80x
+# (benchmarks/bench_gemm_backend.py, README). MKL's single-precision GEMM is the one that differs.
 _CONVOLUTION_BANDS_FROM = 64 * 64
 
 
@@ -151,12 +153,27 @@ def _method(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bo
     return ConvMethod.IM2COL if layer.out_channels >= positions else ConvMethod.GROUPED
 
 
+@functools.cache
+def cpu_vendor() -> str:
+    """The x86 CPU's vendor as Linux reports it (``"GenuineIntel"``, ``"AuthenticAMD"``); ``""`` where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def _convolution_band_gemms(layer: PlannedLayer, x: torch.Tensor, positions: int, eager_cpu: bool) -> bool:
-    """Eager float32 band splits of large 2-D maps on AVX-512 CPUs (float64 convolutions have no fast CPU kernel;
-    exported and compiled graphs keep plain matmuls). The CPU capability is asked last: a traced call of
-    ``get_cpu_capability`` is a graph break."""
+    """Eager float32 band splits of large 2-D maps on AMD CPUs with AVX-512, the one kind where oneDNN's
+    convolutions beat the BLAS's GEMMs (float64 convolutions have no fast CPU kernel; exported and compiled graphs
+    keep plain matmuls). The CPU is asked last: a traced call of ``get_cpu_capability`` is a graph break."""
     large_map = not layer.token_layout and layer.spatial_dims == 2 and positions >= _CONVOLUTION_BANDS_FROM
-    return eager_cpu and large_map and x.dtype != torch.float64 and torch.backends.cpu.get_cpu_capability() == "AVX512"
+    if not (eager_cpu and large_map and x.dtype != torch.float64):
+        return False
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and cpu_vendor() == "AuthenticAMD"
 
 
 def _samples_per_chunk(layer: PlannedLayer, batch: int, training: bool) -> int | None:
