@@ -39,7 +39,6 @@ def _plans(in_place: bool, pointwise: bool = False) -> list[ExecutionPlan]:
             method=method, samples_per_chunk=chunk, recompute=recompute and not in_place, in_place=in_place,
             fold_attention=fold, fft_reads_hermitian_part=native_edges, recompute_bands=recompute and not in_place,
             tap_sum_attention=native_edges, reuse_constants=native_edges,  # CPU-eager choices: one more axis would double the plans
-            transposed_spectrum=native_edges and in_place,
         )
         for method, chunk, recompute, fold, native_edges in itertools.product(methods, (None, 2), (False, True), (False, True), (False, True))
     ]

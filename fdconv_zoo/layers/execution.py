@@ -65,9 +65,6 @@ class ExecutionPlan:
     shifted sums (:mod:`.tap_sum_conv`), which in inference beats the CPU's direct convolution to three channels.
     ``reuse_constants``: eager code on plain tensors takes the band split's DFT matrices from a per-size cache;
     traced code (compile, export, fake tensors) builds them, so they become constants of its graph.
-    ``transposed_spectrum`` (eager CPU inference) builds each sample's spectrum in (n2, rows) layout, so that the
-    inverse FFT's complex pass runs along contiguous memory, and transposes the real image back: MKL's complex
-    transform along the strided axis costs more than that copy.
     """
 
     method: ConvMethod
@@ -82,7 +79,6 @@ class ExecutionPlan:
     convolution_band_gemms: bool = False
     tap_sum_attention: bool = False
     reuse_constants: bool = False
-    transposed_spectrum: bool = False
 
     @property
     def reuses_buffers(self) -> bool:
@@ -221,5 +217,4 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
         tap_sum_attention=eager_cpu and not records_autograd,
         # A tensor subclass (fake, functional) means some tracer runs: its tensors must not enter the cache.
         reuse_constants=eager and type(x) is torch.Tensor,
-        transposed_spectrum=eager_cpu and not records_autograd,
     )

@@ -283,10 +283,7 @@ class FDConv(nn.Module):
             attentions = attentions._replace(channel=None, filter=None)
         with float32_region(x.device.type, plan.exporting):
             # Once per batch; separate planes only where the products run on them (the CPU multiplies complex pairs).
-            spectrum = static_spectrum(
-                self.dft_weight, self.frequency_group, copy_planes=plan.in_place and not plan.fft_reads_hermitian_part,
-                transposed=plan.transposed_spectrum and plan.fft_reads_hermitian_part and self.param_ratio == 1,
-            )
+            spectrum = static_spectrum(self.dft_weight, self.frequency_group, copy_planes=plan.in_place and not plan.fft_reads_hermitian_part)
         # The bias is added inside the convolution unless the filter attention must scale the output first.
         filter_on_output = filt is not None and not plan.fold_attention
         workspaces: dict[int, Workspace] = {}  # buffers reused across chunks without autograd, one set per chunk size

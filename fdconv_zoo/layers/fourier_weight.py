@@ -81,33 +81,23 @@ def spectrum_to_conv_weight(dft_weight: torch.Tensor, in_channels: int, kernel_s
 class WeightSpectrum(NamedTuple):
     """What every sample's weight image shares: the stored spectrum as real and imaginary planes (P, rows, n2)
     in the compute dtype, the bins' group indices as int64 (``gather`` needs them), and the spectrum's
-    (real, imag) pairs (P, rows, n2, 2) the planes are views of unless copied. ``transposed``: all of them in
-    (n2, rows) layout instead (one copy, :func:`weight_image`'s single-copy CPU path only)."""
+    (real, imag) pairs (P, rows, n2, 2) the planes are views of unless copied."""
 
     real: torch.Tensor
     imag: torch.Tensor
     group_index: torch.Tensor
     pairs: torch.Tensor
-    transposed: bool = False
 
 
-def static_spectrum(dft_weight: torch.Tensor, frequency_group: torch.Tensor, *, copy_planes: bool, transposed: bool = False) -> WeightSpectrum:
+def static_spectrum(dft_weight: torch.Tensor, frequency_group: torch.Tensor, *, copy_planes: bool) -> WeightSpectrum:
     """The planes of ``dft_weight``, made once per forward for the whole batch (so backward also reassembles
     one gradient for the batch). ``copy_planes`` makes them contiguous copies, for per-bin products several
     times faster than on the interleaved pairs; without it they are views of the parameter, so autograd keeps
-    the parameter itself rather than a weight-sized copy per layer. ``transposed`` (one spectral copy, no
-    ``copy_planes``) makes the pairs and the group indices contiguous in (n2, rows) layout."""
+    the parameter itself rather than a weight-sized copy per layer."""
     pairs = dft_weight.to(torch.promote_types(dft_weight.dtype, torch.float32))
-    if transposed:
-        if copy_planes or pairs.shape[0] != 1:
-            raise ValueError("a transposed spectrum has interleaved pairs of a single spectral copy (param_ratio=1)")
-        pairs = pairs.transpose(-3, -2).contiguous()
-        group_index = frequency_group.t().to(torch.long, memory_format=torch.contiguous_format)
-    else:
-        group_index = frequency_group.long()
     spectrum = pairs.movedim(-1, 0).contiguous().movedim(0, -1) if copy_planes else pairs
     real, imag = spectrum.unbind(-1)  # views whose backward stacks both gradients: no zero-filled one per plane
-    return WeightSpectrum(real, imag, group_index, pairs, transposed)
+    return WeightSpectrum(real, imag, frequency_group.long(), pairs)
 
 
 def weight_image(
@@ -128,11 +118,8 @@ def weight_image(
     the batch). ``in_place`` (no autograd) lets the inverse transform write into the fresh planes;
     ``reads_hermitian_part`` is :func:`~.inverse_fft.inverse_weight_planes`'.
     """
-    real, imag, group_index, pairs, transposed = spectrum
+    real, imag, group_index, pairs = spectrum
     param_ratio = real.shape[0]
-    fast_cpu_path = param_ratio == 1 and reads_hermitian_part and not exportable
-    if transposed and (group_attention is None or not fast_cpu_path):
-        raise ValueError("a transposed spectrum is for per-sample weights on the CPU's native inverse FFT (reads_hermitian_part)")
     inverse = dict(exportable=exportable, in_place=in_place, reads_hermitian_part=reads_hermitian_part)
     if group_attention is None:
         factor = scale / (kernel_num * param_ratio)
@@ -141,15 +128,14 @@ def weight_image(
     # The group attention of every bin, gathered from the KN per sample: no scatter into a zero map. Along the
     # last axis, gather is several times faster than indexing with the group map.
     ka = group_attention.to(real.dtype).view(group_attention.shape[0], param_ratio, 1, kernel_num) * scale
-    b, lines = ka.shape[0], real.shape[-2]  # lines: rows, or n2 when transposed
+    b, rows = ka.shape[0], real.shape[-2]
     index = group_index.expand(b, param_ratio, *group_index.shape)
-    per_bin = into(workspace, "per_bin", torch.gather, ka.expand(b, param_ratio, lines, kernel_num), 3, index)  # (B, P, rows, n2)
+    per_bin = into(workspace, "per_bin", torch.gather, ka.expand(b, param_ratio, rows, kernel_num), 3, index)  # (B, P, rows, n2)
     # With one copy, squeeze rather than index it away: the backward of an index zero-fills a spectrum-sized gradient.
-    if fast_cpu_path:
+    if param_ratio == 1 and reads_hermitian_part and not exportable:
         # One complex product straight from the interleaved pairs: no planes to multiply and reassemble.
         values = torch.view_as_complex(pairs.squeeze(0).contiguous())  # a copy only for other layouts (channels_last)
-        product = into(workspace, "spectrum", torch.mul, values, per_bin.squeeze(1))
-        return inverse_weight_spectrum_values(product, cols, workspace, transposed=transposed)
+        return inverse_weight_spectrum_values(into(workspace, "spectrum", torch.mul, values, per_bin.squeeze(1)), cols, workspace)
     if param_ratio == 1:
         planes = (("real", real), ("imag", imag))
         real, imag = (into(workspace, name, torch.mul, plane.squeeze(0), per_bin.squeeze(1)) for name, plane in planes)

@@ -80,26 +80,10 @@ def _symmetrise_edge_columns(real: torch.Tensor, imag: torch.Tensor, cols: int, 
     return assemble(real, 0), assemble(imag, 1)
 
 
-def inverse_weight_spectrum_values(values: torch.Tensor, cols: int, workspace: Workspace | None = None, *, transposed: bool = False) -> torch.Tensor:
+def inverse_weight_spectrum_values(values: torch.Tensor, cols: int, workspace: Workspace | None = None) -> torch.Tensor:
     """``irfft2`` of a complex (..., rows, cols//2+1) spectrum, for backends that read only the Hermitian part
-    of its edge columns themselves (the CPU's; see :func:`inverse_weight_planes`).
-
-    ``transposed`` takes the spectrum as (..., cols//2+1, rows) and transforms it in that layout, each image
-    then copied back to (rows, cols) one matrix at a time (2-D transposing copies are cache-blocked, batched ones
-    are not): on an Intel Xeon, MKL's complex pass along the strided axis of ``irfft2`` cost more than the copy
-    (a 1536x1536 image 8.5 against 9.8 ms; no ``out=``, which made both slower). Without autograd only."""
-    if not transposed:
-        return into(workspace, "image", torch.fft.irfft2, values, s=(values.shape[-2], cols))
-    rows = values.shape[-1]
-    image_t = torch.fft.irfftn(values, s=(rows, cols), dim=(-1, -2))  # (..., cols, rows)
-    image = workspace.get("image") if workspace is not None else None
-    if image is None:
-        image = image_t.new_empty((*image_t.shape[:-2], rows, cols))
-        if workspace is not None:
-            workspace["image"] = image
-    for target, source in zip(image.view(-1, rows, cols), image_t.view(-1, cols, rows)):
-        target.copy_(source.T)
-    return image
+    of its edge columns themselves (the CPU's; see :func:`inverse_weight_planes`)."""
+    return into(workspace, "image", torch.fft.irfft2, values, s=(values.shape[-2], cols))
 
 
 def _dft_split(n: int) -> tuple[int, int] | None:
