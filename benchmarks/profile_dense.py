@@ -7,7 +7,9 @@ Eval (a no-grad forward) is attributed by timing FDConv's parts where the layer 
 synchronously, so the wall time around a call is its cost (hence CPU only). The parts: the per-sample
 convolution, the weight images (group attentions times the spectrum, then the inverse FFT), the local attention's
 logits, the modulation of the weights by the attentions, the global attention branch, frequency band modulation
-(FBM), the rest of FDConv's forward (pooling, chunking, bias), and everything outside FDConv layers.
+(FBM), the rest of FDConv's forward (pooling, chunking, bias), and everything outside FDConv layers; within the
+weight images, the inverse FFT alone. For a setting with an eval target (``bench_dense.TARGETS``) a second table
+sets what FDConv adds against what the target allows.
 
 A training step's backward runs in autograd's engine, out of reach of such timers, so it is attributed by
 ablation: the same backbone without FBM, without the local attention, and with its per-sample weights kept for
@@ -30,12 +32,13 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import format_table, machine_description, median_times  # noqa: E402
-from bench_dense import Setting, activate_attentions, training_or_eval_step  # noqa: E402
+from bench_dense import TARGETS, Setting, activate_attentions, training_or_eval_step  # noqa: E402
 
 from fdconv_zoo import FDConv  # noqa: E402
 from fdconv_zoo.layers import fdconv as fdconv_module  # noqa: E402
+from fdconv_zoo.layers import fourier_weight  # noqa: E402
 
-__all__ = ["ABLATIONS", "EVAL_PARTS", "main"]
+__all__ = ["ABLATIONS", "EVAL_PARTS", "INVERSE_FFT", "main"]
 
 # (label, owner, attribute): the callables timed in eval, all called inside FDConv.forward.
 EVAL_PARTS = [
@@ -46,6 +49,10 @@ EVAL_PARTS = [
     ("global attention branch", fdconv_module.KernelSpatialModulationGlobal, "forward"),
     ("frequency band modulation (FBM)", fdconv_module.FrequencyBandModulation, "forward"),
 ]
+# Within the weight images: the inverse real FFT of each sample's spectrum, the one pass of the per-sample weights
+# that the official layer runs as it is (one irfft2 per sample and layer). Either form is called once per image.
+INVERSE_FFT = "  of which the inverse FFT (irfft2)"
+_INVERSE_FFT_CALLS = [(INVERSE_FFT, fourier_weight, "inverse_weight_spectrum_values"), (INVERSE_FFT, fourier_weight, "inverse_weight_planes")]
 
 
 def _without(part: str) -> Callable[[FDConv], None]:
@@ -121,7 +128,7 @@ def eval_attribution(setting: Setting, repeats: int) -> dict[str, float]:
     paired = median_times({"base": training_or_eval_step(base, x, False, None), "fdconv": step}, x.device, repeats=repeats)
     totals: dict[str, float] = defaultdict(float)
     start = time.perf_counter()
-    with _timed([*EVAL_PARTS, (_ALL_FDCONV, fdconv_module.FDConv, "forward")], totals):
+    with _timed([*EVAL_PARTS, *_INVERSE_FFT_CALLS, (_ALL_FDCONV, fdconv_module.FDConv, "forward")], totals):
         for _ in range(repeats):
             step()
     total = (time.perf_counter() - start) * 1e3 / repeats
@@ -129,7 +136,26 @@ def eval_attribution(setting: Setting, repeats: int) -> dict[str, float]:
     fdconv_ms = totals[_ALL_FDCONV] * 1e3 / repeats
     ms[_REST] = fdconv_ms - sum(ms.values())
     ms[_OUTSIDE] = total - fdconv_ms
-    return ms | {"total": total, "base": paired["base"], "fdconv": paired["fdconv"]}
+    return ms | {INVERSE_FFT: totals[INVERSE_FFT] * 1e3 / repeats, "total": total, "base": paired["base"], "fdconv": paired["fdconv"]}
+
+
+def eval_budget(setting: Setting, ms: dict[str, float]) -> list[list[str]] | None:
+    """Rows (item, ms, / base) that set what FDConv adds in eval against what the setting's eval target allows
+    (None without an eval target): the untimed backbone's time over the base model's, both round-robin, and
+    FDConv's own parts, the inverse FFT among them."""
+    limit = TARGETS.get(setting.spec, {}).get("eval")
+    if limit is None:
+        return None
+    base = ms["base"]
+    own = sum(ms[label] for label, _, _ in EVAL_PARTS[1:]) + ms[_REST]  # all but the per-sample convolution
+    rows = [
+        (f"allowed over the base model (eval <= {limit[0]:g}x)", (limit[0] - 1) * base),
+        ("FDConv backbone over the base model (untimed, round-robin)", ms["fdconv"] - base),
+        ("FDConv's own parts (all parts but the per-sample convolution)", own),
+        (INVERSE_FFT.strip(), ms[INVERSE_FFT]),
+        ("per-sample convolution and everything outside FDConv, over the base model", ms[EVAL_PARTS[0][0]] + ms[_OUTSIDE] - base),
+    ]
+    return [[label, f"{v:.0f}", f"{v / base:.2f}x"] for label, v in rows]
 
 
 def training_ablations(setting: Setting, repeats: int) -> list[list[str]]:
@@ -155,13 +181,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.setting}, float32, {machine_description(torch.device('cpu'), args.threads)}\n")
     print("Eval, one no-grad forward, attributed to FDConv's parts:\n")
     ms = eval_attribution(args.setting, args.repeats)
-    rows = [[label, f"{v:.0f}", f"{100 * v / ms['total']:.0f}%"] for label, v in ms.items() if label not in ("total", "base", "fdconv")]
+    labels = [label for label in ms if label not in ("total", "base", "fdconv", INVERSE_FFT)]
+    labels.insert(labels.index(EVAL_PARTS[1][0]) + 1, INVERSE_FFT)
+    rows = [[label, f"{ms[label]:.0f}", f"{100 * ms[label] / ms['total']:.0f}%"] for label in labels]
     rows += [
         ["FDConv backbone, in all (parts timed)", f"{ms['total']:.0f}", "100%"],
         ["FDConv backbone, untimed, round-robin with the base model", f"{ms['fdconv']:.0f}", "-"],
         [f"{args.setting.model} (the base model, round-robin)", f"{ms['base']:.0f}", "-"],
     ]
     print(format_table(["part", "ms", "share"], rows, args.markdown))
+    budget = eval_budget(args.setting, ms)
+    if budget is not None:
+        print("\nEval against its target, from the times above:\n")
+        print(format_table(["item", "ms", "/ base"], budget, args.markdown))
     print("\nTraining step (forward, loss, backward), ablations timed round-robin:\n")
     print(format_table(["variant", "ms", "/ base", "ms less than full"], training_ablations(args.setting, args.repeats), args.markdown))
 

@@ -286,17 +286,31 @@ def profile_dense():
 
 
 def test_profile_dense_times_every_part_and_restores_the_layer(profile_dense, capsys):
-    originals = {(owner, attr): getattr(owner, attr) for _, owner, attr in profile_dense.EVAL_PARTS}
+    parts = profile_dense.EVAL_PARTS + profile_dense._INVERSE_FFT_CALLS
+    originals = {(owner, attr): getattr(owner, attr) for _, owner, attr in parts}
     ms = profile_dense.eval_attribution(profile_dense.Setting("resnet18", 64, 64, 2), repeats=1)
     for label, _, _ in profile_dense.EVAL_PARTS:  # each wrapped callable is the one the layer really calls
         assert ms[label] > 0, label
-    assert ms["total"] > sum(v for k, v in ms.items() if k not in ("total", "base", "fdconv", profile_dense._OUTSIDE, profile_dense._REST))
+    assert ms["total"] > sum(v for k, v in ms.items() if k not in ("total", "base", "fdconv", profile_dense._OUTSIDE, profile_dense._REST, profile_dense.INVERSE_FFT))
     assert ms["base"] > 0 and ms["fdconv"] > 0  # the untimed backbone and the base model, round-robin
+    assert 0 < ms[profile_dense.INVERSE_FFT] < ms[profile_dense.EVAL_PARTS[1][0]]  # timed inside the weight images
     assert all(getattr(owner, attr) is fn for (owner, attr), fn in originals.items())
     profile_dense.main(["--setting", "resnet18:64x64:2", "--repeats", "1", "--threads", "1", "--markdown"])
     text = capsys.readouterr().out
     for label in [p[0] for p in profile_dense.EVAL_PARTS] + [a[0] for a in profile_dense.ABLATIONS] + ["base", "full FDConv", "FDConv backbone, untimed, round-robin"]:
         assert f"| {label}" in text, label
+
+
+def test_profile_dense_budget_sets_fdconv_against_the_eval_target(profile_dense):
+    ms = {label: 10.0 for label, _, _ in profile_dense.EVAL_PARTS}
+    ms |= {profile_dense._REST: 5.0, profile_dense._OUTSIDE: 30.0, profile_dense.INVERSE_FFT: 4.0, "base": 100.0, "fdconv": 160.0}
+    rows = {label: (float(v), ratio) for label, v, ratio in profile_dense.eval_budget(profile_dense.Setting("resnet50", 512, 512, 2), ms)}
+    assert rows["allowed over the base model (eval <= 1.5x)"] == (50.0, "0.50x")
+    assert rows["FDConv backbone over the base model (untimed, round-robin)"] == (60.0, "0.60x")
+    assert rows["FDConv's own parts (all parts but the per-sample convolution)"] == (55.0, "0.55x")  # five parts and the rest
+    assert rows["of which the inverse FFT (irfft2)"] == (4.0, "0.04x")
+    assert rows["per-sample convolution and everything outside FDConv, over the base model"] == (-60.0, "-0.60x")
+    assert profile_dense.eval_budget(profile_dense.Setting("resnet18", 64, 64, 2), ms) is None  # no target there
 
 
 def test_profile_dense_ablations_change_every_fdconv_layer(profile_dense):
