@@ -51,7 +51,7 @@ EVAL_PARTS = [
 ]
 # Within the weight images: the inverse real FFT of each sample's spectrum, the one pass of the per-sample weights
 # that the official layer runs as it is (one irfft2 per sample and layer). Either form is called once per image.
-INVERSE_FFT = "  of which the inverse FFT (irfft2)"
+INVERSE_FFT = "of which the inverse FFT (irfft2)"
 _INVERSE_FFT_CALLS = [(INVERSE_FFT, fourier_weight, "inverse_weight_spectrum_values"), (INVERSE_FFT, fourier_weight, "inverse_weight_planes")]
 
 
@@ -152,7 +152,7 @@ def eval_budget(setting: Setting, ms: dict[str, float]) -> list[list[str]] | Non
         (f"allowed over the base model (eval <= {limit[0]:g}x)", (limit[0] - 1) * base),
         ("FDConv backbone over the base model (untimed, round-robin)", ms["fdconv"] - base),
         ("FDConv's own parts (all parts but the per-sample convolution)", own),
-        (INVERSE_FFT.strip(), ms[INVERSE_FFT]),
+        (INVERSE_FFT, ms[INVERSE_FFT]),
         ("per-sample convolution and everything outside FDConv, over the base model", ms[EVAL_PARTS[0][0]] + ms[_OUTSIDE] - base),
     ]
     return [[label, f"{v:.0f}", f"{v / base:.2f}x"] for label, v in rows]
@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     print("Eval, one no-grad forward, attributed to FDConv's parts:\n")
     ms = eval_attribution(args.setting, args.repeats)
     labels = [label for label in ms if label not in ("total", "base", "fdconv", INVERSE_FFT)]
-    labels.insert(labels.index(EVAL_PARTS[1][0]) + 1, INVERSE_FFT)
-    rows = [[label, f"{ms[label]:.0f}", f"{100 * ms[label] / ms['total']:.0f}%"] for label in labels]
+    labels.insert(labels.index(EVAL_PARTS[1][0]) + 1, INVERSE_FFT)  # a sub-row of the weight images
+    rows = [[f"  {label}" if label == INVERSE_FFT else label, f"{ms[label]:.0f}", f"{100 * ms[label] / ms['total']:.0f}%"] for label in labels]
     rows += [
         ["FDConv backbone, in all (parts timed)", f"{ms['total']:.0f}", "100%"],
         ["FDConv backbone, untimed, round-robin with the base model", f"{ms['fdconv']:.0f}", "-"],

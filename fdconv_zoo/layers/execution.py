@@ -36,7 +36,7 @@ _TRAIN_CHUNK_FROM, _TRAIN_CHUNK = 2**23, 2**22
 # (oneDNN) instead of on the BLAS (MKL in the x86 wheels): at 512x512 on an AMD EPYC with AVX-512 they took
 # 0.64-0.85x the BLAS's time on maps of 64x64 and up, about the same at 32x32, and lost on small maps; on an
 # AVX2-only EPYC they took 1.06-1.08x everywhere in forward, and on an Intel Xeon with AVX-512 1.24-1.80x
-# (benchmarks/bench_gemm_backend.py, README). MKL's single-precision GEMM is the one that differs.
+# (benchmarks/bench_gemm_backend.py; tables in benchmarks/README.md). MKL's single-precision GEMM is the one that differs.
 _CONVOLUTION_BANDS_FROM = 64 * 64
 
 
