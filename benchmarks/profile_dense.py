@@ -2,6 +2,7 @@
 
     python benchmarks/profile_dense.py                                  # resnet50 512x512 batch 2
     python benchmarks/profile_dense.py --setting resnet50:800x1333:1 --repeats 3
+    python benchmarks/profile_dense.py --official path/to/FDConv.py      # the training step against the official layer
 
 Eval (a no-grad forward) is attributed by timing FDConv's parts where the layer calls them; CPU ops run
 synchronously, so the wall time around a call is its cost (hence CPU only). The parts: the per-sample
@@ -14,7 +15,11 @@ sets what FDConv adds against what the target allows.
 A training step's backward runs in autograd's engine, out of reach of such timers, so it is attributed by
 ablation: the same backbone without FBM, without the local attention, and with its per-sample weights kept for
 backward instead of recomputed, each timed round-robin with the base model and the full FDConv backbone. The
-difference to the full backbone is what that part costs in forward, recompute and backward together.
+difference to the full backbone is what that part costs in forward, recompute and backward together. Each
+variant's peak training memory comes beside its time. ``--official PATH`` (your copy of the official
+``FDConv.py``) adds the FDConv backbone with the official layers to those rounds (``bench_dense`` checks it
+computes the same function) and, for a setting with that target, sets the training step against it: how far
+the full backbone is from what the target allows, and the memory at which keeping the weights would close it.
 """
 
 from __future__ import annotations
@@ -31,14 +36,14 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import format_table, machine_description, median_times  # noqa: E402
-from bench_dense import TARGETS, Setting, activate_attentions, training_or_eval_step  # noqa: E402
+from _common import format_table, load_official_fdconv, machine_description, median_times, peak_memory_mib  # noqa: E402
+from bench_dense import TARGETS, Setting, activate_attentions, training_or_eval_step, with_official_layers  # noqa: E402
 
 from fdconv_zoo import FDConv  # noqa: E402
 from fdconv_zoo.layers import fdconv as fdconv_module  # noqa: E402
 from fdconv_zoo.layers import fourier_weight  # noqa: E402
 
-__all__ = ["ABLATIONS", "EVAL_PARTS", "INVERSE_FFT", "main"]
+__all__ = ["ABLATIONS", "EVAL_PARTS", "INVERSE_FFT", "OFFICIAL", "main", "official_training_budget", "training_ablations"]
 
 # (label, owner, attribute): the callables timed in eval, all called inside FDConv.forward.
 EVAL_PARTS = [
@@ -68,6 +73,8 @@ def _keep_weights(layer: FDConv) -> None:
 
 
 _ALL_FDCONV = "FDConv layers in all"
+_KEPT = "per-sample weights kept, not recomputed"
+OFFICIAL = "official layers"
 _REST = "rest of FDConv's forward (pooling, chunks, bias)"
 _OUTSIDE = "outside FDConv layers (stem, norms, activations, plain convs)"
 
@@ -75,7 +82,7 @@ _OUTSIDE = "outside FDConv layers (stem, norms, activations, plain convs)"
 ABLATIONS: list[tuple[str, Callable[[FDConv], None]]] = [
     ("without FBM", _without("FBM")),
     ("without the local attention", _without("KSM_Local")),
-    ("per-sample weights kept, not recomputed", _keep_weights),
+    (_KEPT, _keep_weights),
 ]
 
 
@@ -158,14 +165,62 @@ def eval_budget(setting: Setting, ms: dict[str, float]) -> list[list[str]] | Non
     return [[label, f"{v:.0f}", f"{v / base:.2f}x"] for label, v in rows]
 
 
-def training_ablations(setting: Setting, repeats: int) -> list[list[str]]:
-    """Rows (variant, ms per training step, ratio to the base model, ms saved against the full backbone)."""
+def training_ablations(setting: Setting, repeats: int, official_cls: type | None = None) -> dict[str, dict[str, float]]:
+    """Per variant (the base model, the full FDConv backbone, each ablation, and with ``official_cls`` the
+    backbone with the official layers): ``ms`` per training step, round-robin, and ``mib``, its peak training
+    memory (one step each, after the timed rounds)."""
     x = torch.randn(setting.batch, 3, setting.height, setting.width)
     models = {"base": setting.create(setting.model), "full FDConv": _fdconv_model(setting)}
     models.update({label: _fdconv_model(setting, change) for label, change in ABLATIONS})
-    times = median_times({name: training_or_eval_step(m.train(), x, True, None) for name, m in models.items()}, x.device, repeats=repeats)
-    full = times["full FDConv"]
-    return [[name, f"{ms:.0f}", f"{ms / times['base']:.2f}x", "-" if name in ("base", "full FDConv") else f"{full - ms:.0f}"] for name, ms in times.items()]
+    if official_cls is not None:
+        models[OFFICIAL] = with_official_layers(setting.create(f"{setting.model}_fdconv"), official_cls)
+        models[OFFICIAL].load_state_dict(models["full FDConv"].state_dict())
+    steps = {name: training_or_eval_step(m.train(), x, True, None) for name, m in models.items()}
+    times = median_times(steps, x.device, repeats=repeats)
+    result = {}
+    for name, step in steps.items():
+        models[name].zero_grad(set_to_none=True)
+        result[name] = {"ms": times[name], "mib": peak_memory_mib(step, x.device)}
+    return result
+
+
+def _ablation_rows(variants: dict[str, dict[str, float]]) -> list[list[str]]:
+    base, full = variants["base"], variants["full FDConv"]
+    official = variants.get(OFFICIAL)
+    rows = []
+    for name, v in variants.items():
+        row = [name, f"{v['ms']:.0f}", f"{v['ms'] / base['ms']:.2f}x", "-" if name in ("base", "full FDConv", OFFICIAL) else f"{full['ms'] - v['ms']:.0f}"]
+        row += [f"{v['mib']:.0f}", f"{v['mib'] / base['mib']:.2f}x"]
+        if official is not None:
+            row.append("-" if name in ("base", OFFICIAL) else f"{official['ms'] / v['ms']:.2f}x")
+        rows.append(row)
+    return rows
+
+
+def official_training_budget(setting: Setting, variants: dict[str, dict[str, float]]) -> list[list[str]] | None:
+    """Rows (item, ms, memory / base) that set the full FDConv backbone's training step against the
+    official-speed-up target (None without that target or without the official backbone): the step the target
+    allows, how far the full backbone is over it, what recomputing the per-sample weights costs, and the memory
+    at which the backbone that keeps them runs instead."""
+    targets = TARGETS.get(setting.spec, {})
+    if OFFICIAL not in variants or "official train" not in targets:
+        return None
+    speedup = targets["official train"][0]
+    base_mib = variants["base"]["mib"]
+    memory_limit = targets.get("memory", (None,))[0]
+    full, kept, official = variants["full FDConv"], variants[_KEPT], variants[OFFICIAL]
+
+    def memory(v: dict[str, float]) -> str:
+        return f"{v['mib'] / base_mib:.2f}x"
+
+    allowed = official["ms"] / speedup
+    return [
+        ["official layers' training step", f"{official['ms']:.0f}", memory(official)],
+        [f"allowed for the FDConv backbone (official / FDConv >= {speedup:g}x)", f"{allowed:.0f}", "-" if memory_limit is None else f"<= {memory_limit:g}x"],
+        ["full FDConv backbone over the allowance", f"{full['ms'] - allowed:.0f}", memory(full)],
+        ["recomputing the per-sample weights (full minus weights kept)", f"{full['ms'] - kept['ms']:.0f}", "-"],
+        ["weights kept, over the allowance", f"{kept['ms'] - allowed:.0f}", memory(kept)],
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,10 +228,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--setting", type=Setting.parse, default=Setting("resnet50", 512, 512, 2), help="MODEL:HxW:BATCH (default resnet50:512x512:2)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--official", type=Path, metavar="PATH", help="your copy of the official FDConv.py: adds its backbone to the training step (ResNets)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     if args.setting.classifier:
         parser.error("profile a backbone (MODEL:HxW:BATCH without :classifier)")
+    if args.official is not None and not args.setting.model.startswith("resnet"):
+        parser.error("--official: the official layer has no token layout; profile a ResNet setting")
+    try:
+        official_cls = load_official_fdconv(args.official) if args.official else None
+    except (OSError, RuntimeError) as exc:
+        parser.error(str(exc))
     torch.set_num_threads(args.threads)
     print(f"{args.setting}, float32, {machine_description(torch.device('cpu'), args.threads)}\n")
     print("Eval, one no-grad forward, attributed to FDConv's parts:\n")
@@ -194,8 +256,14 @@ def main(argv: list[str] | None = None) -> None:
     if budget is not None:
         print("\nEval against its target, from the times above:\n")
         print(format_table(["item", "ms", "/ base"], budget, args.markdown))
-    print("\nTraining step (forward, loss, backward), ablations timed round-robin:\n")
-    print(format_table(["variant", "ms", "/ base", "ms less than full"], training_ablations(args.setting, args.repeats), args.markdown))
+    print("\nTraining step (forward, loss, backward), ablations timed round-robin, and peak training memory:\n")
+    variants = training_ablations(args.setting, args.repeats, official_cls)
+    header = ["variant", "ms", "/ base", "ms less than full", "peak train MiB", "memory / base"]
+    print(format_table(header + (["official / variant"] if official_cls else []), _ablation_rows(variants), args.markdown))
+    budget = official_training_budget(args.setting, variants)
+    if budget is not None:
+        print("\nTraining against the official-speed-up target, from the times above:\n")
+        print(format_table(["item", "ms", "memory / base"], budget, args.markdown))
 
 
 if __name__ == "__main__":

@@ -313,6 +313,50 @@ def test_profile_dense_budget_sets_fdconv_against_the_eval_target(profile_dense)
     assert profile_dense.eval_budget(profile_dense.Setting("resnet18", 64, 64, 2), ms) is None  # no target there
 
 
+def test_profile_dense_training_rounds_take_the_official_backbone_and_memory(profile_dense, tmp_path):
+    """Every variant gets a time and a peak training memory; --official adds the backbone with the official layers
+    (here the stand-in: this package's layer) to the same rounds."""
+    official = tmp_path / "FDConv.py"
+    official.write_text(FAKE_OFFICIAL)
+    official_cls = sys.modules["_common"].load_official_fdconv(official)
+    variants = profile_dense.training_ablations(profile_dense.Setting("resnet18", 64, 64, 2), repeats=1, official_cls=official_cls)
+    assert list(variants) == ["base", "full FDConv", *(label for label, _ in profile_dense.ABLATIONS), profile_dense.OFFICIAL]
+    assert all(v["ms"] > 0 and v["mib"] > 0 for v in variants.values())
+    # the deep layers' weights, kept for backward instead of recomputed, are the memory the default saves
+    assert variants[profile_dense._KEPT]["mib"] > variants["full FDConv"]["mib"] + 1.0
+    rows = profile_dense._ablation_rows(variants)
+    assert [r[0] for r in rows] == list(variants)
+    full = next(r for r in rows if r[0] == "full FDConv")
+    assert full[-1] == f"{variants[profile_dense.OFFICIAL]['ms'] / variants['full FDConv']['ms']:.2f}x"
+    assert full[-2] == f"{variants['full FDConv']['mib'] / variants['base']['mib']:.2f}x"
+    assert profile_dense.official_training_budget(profile_dense.Setting("resnet18", 64, 64, 2), variants) is None  # no target
+
+
+def test_profile_dense_budget_sets_the_training_step_against_the_official_target(profile_dense):
+    variants = {
+        "base": {"ms": 1000.0, "mib": 100.0},
+        "full FDConv": {"ms": 2000.0, "mib": 145.0},
+        profile_dense._KEPT: {"ms": 1800.0, "mib": 190.0},
+        profile_dense.OFFICIAL: {"ms": 3230.0, "mib": 400.0},
+    }
+    setting = profile_dense.Setting("resnet50", 512, 512, 2)
+    rows = {label: (float(ms), memory) for label, ms, memory in profile_dense.official_training_budget(setting, variants)}
+    assert rows["official layers' training step"] == (3230.0, "4.00x")
+    assert rows["allowed for the FDConv backbone (official / FDConv >= 1.7x)"] == (1900.0, "<= 1.5x")
+    assert rows["full FDConv backbone over the allowance"] == (100.0, "1.45x")
+    assert rows["recomputing the per-sample weights (full minus weights kept)"] == (200.0, "-")
+    assert rows["weights kept, over the allowance"] == (-100.0, "1.90x")
+    without_official = {k: v for k, v in variants.items() if k != profile_dense.OFFICIAL}
+    assert profile_dense.official_training_budget(setting, without_official) is None
+
+
+def test_profile_dense_official_needs_a_resnet_and_a_file(profile_dense, tmp_path):
+    with pytest.raises(SystemExit):
+        profile_dense.main(["--setting", "convnext_tiny:64x64:2", "--official", str(tmp_path / "FDConv.py")])
+    with pytest.raises(SystemExit):
+        profile_dense.main(["--setting", "resnet18:64x64:2", "--official", str(tmp_path / "missing.py")])
+
+
 def test_profile_dense_ablations_change_every_fdconv_layer(profile_dense):
     from fdconv_zoo import FDConv
 
