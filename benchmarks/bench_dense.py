@@ -54,7 +54,7 @@ import fdconv_zoo  # noqa: E402  (registers the FDConv models)
 import timm  # noqa: E402
 from fdconv_zoo import FDConv  # noqa: E402
 
-__all__ = ["DEFAULT_SETTINGS", "Setting", "activate_attentions", "main", "training_or_eval_step", "with_official_layers"]
+__all__ = ["DEFAULT_SETTINGS", "Setting", "activate_attentions", "main", "official_backbone", "training_or_eval_step", "with_official_layers"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +128,14 @@ def with_official_layers(model: nn.Module, official_cls: type) -> nn.Module:
         official.load_state_dict(layer.state_dict(), strict=True)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, official)
+    return model
+
+
+def official_backbone(setting: Setting, fdconv: nn.Module, official_cls: type) -> nn.Module:
+    """A new FDConv backbone of ``setting`` with the official layers (:func:`with_official_layers`), holding
+    every parameter and buffer of ``fdconv``, the FDConv backbone it is timed against."""
+    model = with_official_layers(setting.create(f"{setting.model}_fdconv"), official_cls)
+    model.load_state_dict(fdconv.state_dict())
     return model
 
 
@@ -220,8 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
         activate_attentions(models[fdconv])
         match = None
         if official_cls is not None and setting.model.startswith("resnet"):
-            models["official"] = with_official_layers(setting.create(fdconv), official_cls).to(device)
-            models["official"].load_state_dict(models[fdconv].state_dict())
+            models["official"] = official_backbone(setting, models[fdconv], official_cls).to(device)
             match = _max_relative_difference(models[fdconv], models["official"], x)
         for variant in ["eager"] + (["compiled"] if setting in compiled else []):
             row: dict = {"official match": match if variant == "eager" else None, "rounds": {}}

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import format_table, load_official_fdconv, machine_description, median_times, peak_memory_mib  # noqa: E402
-from bench_dense import TARGETS, Setting, activate_attentions, training_or_eval_step, with_official_layers  # noqa: E402
+from bench_dense import TARGETS, Setting, activate_attentions, official_backbone, training_or_eval_step  # noqa: E402
 
 from fdconv_zoo import FDConv  # noqa: E402
 from fdconv_zoo.layers import fdconv as fdconv_module  # noqa: E402
@@ -173,8 +173,7 @@ def training_ablations(setting: Setting, repeats: int, official_cls: type | None
     models = {"base": setting.create(setting.model), "full FDConv": _fdconv_model(setting)}
     models.update({label: _fdconv_model(setting, change) for label, change in ABLATIONS})
     if official_cls is not None:
-        models[OFFICIAL] = with_official_layers(setting.create(f"{setting.model}_fdconv"), official_cls)
-        models[OFFICIAL].load_state_dict(models["full FDConv"].state_dict())
+        models[OFFICIAL] = official_backbone(setting, models["full FDConv"], official_cls)
     steps = {name: training_or_eval_step(m.train(), x, True, None) for name, m in models.items()}
     times = median_times(steps, x.device, repeats=repeats)
     result = {}
