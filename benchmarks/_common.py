@@ -42,7 +42,14 @@ __all__ = [
 
 logger = logging.getLogger("fdconv_bench")
 
-_ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "LD_PRELOAD")
+_ALLOCATOR_VARIABLES = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_ARENA_MAX",
+    "GLIBC_TUNABLES",
+    "LD_PRELOAD",
+)
 
 OFFICIAL_HINT = (
     "pass the path to your own copy of the official layer, FDConv_detection/mmdet_custom/FDConv.py from "
@@ -95,7 +102,9 @@ def medians(times: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def median_times(fns: dict[str, Callable[[], object]], device: torch.device, *args: object, **kwargs: object) -> dict[str, float]:
+def median_times(
+    fns: dict[str, Callable[[], object]], device: torch.device, *args: object, **kwargs: object
+) -> dict[str, float]:
     """Median of :func:`round_robin_times` (same arguments) for each function."""
     return medians(round_robin_times(fns, device, *args, **kwargs))
 
@@ -164,8 +173,11 @@ def load_official_fdconv(path: str | Path) -> type:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"--official {path}: no such file; {OFFICIAL_HINT}")
-    registry = types.SimpleNamespace(register_module=lambda *a, **k: (lambda cls: cls))
-    stubs: dict[str, object] = {"mmcv": types.ModuleType("mmcv"), "mmcv.cnn": types.SimpleNamespace(CONV_LAYERS=registry)}
+    registry = types.SimpleNamespace(register_module=lambda *a, **k: lambda cls: cls)
+    stubs: dict[str, object] = {
+        "mmcv": types.ModuleType("mmcv"),
+        "mmcv.cnn": types.SimpleNamespace(CONV_LAYERS=registry),
+    }
     if importlib.util.find_spec("matplotlib") is None:
         stubs["matplotlib"] = types.ModuleType("matplotlib")
         stubs["matplotlib.pyplot"] = types.ModuleType("matplotlib.pyplot")
@@ -183,7 +195,9 @@ def load_official_fdconv(path: str | Path) -> type:
         with quiet():
             spec.loader.exec_module(module)
     except Exception as exc:
-        raise RuntimeError(f"--official {path}: could not import it ({type(exc).__name__}: {exc}); {OFFICIAL_HINT}") from exc
+        raise RuntimeError(
+            f"--official {path}: could not import it ({type(exc).__name__}: {exc}); {OFFICIAL_HINT}"
+        ) from exc
     finally:
         for name, old in saved.items():
             if old is None:
@@ -214,7 +228,11 @@ def machine_description(device: torch.device, threads: int) -> str:
     version = fdconv_zoo.__version__
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         if commit:
             version += f" @ {commit}"
@@ -266,7 +284,9 @@ class Target:
 
     @property
     def met(self) -> bool:
-        return bool(self.values) and all((v <= self.limit) if self.at_most else (v >= self.limit) for v in self.values.values())
+        return bool(self.values) and all(
+            (v <= self.limit) if self.at_most else (v >= self.limit) for v in self.values.values()
+        )
 
     def line(self) -> str:
         if not self.values:

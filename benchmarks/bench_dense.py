@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import timm  # noqa: E402
 from _common import (  # noqa: E402
     Target,
     format_ms,
@@ -50,11 +51,17 @@ from _common import (  # noqa: E402
     round_robin_times,
 )
 
-import fdconv_zoo  # noqa: E402  (registers the FDConv models)
-import timm  # noqa: E402
 from fdconv_zoo import FDConv  # noqa: E402
 
-__all__ = ["DEFAULT_SETTINGS", "Setting", "activate_attentions", "main", "official_backbone", "training_or_eval_step", "with_official_layers"]
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "Setting",
+    "activate_attentions",
+    "main",
+    "official_backbone",
+    "training_or_eval_step",
+    "with_official_layers",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +83,9 @@ class Setting:
             height, width = (int(v) for v in parts[1].lower().split("x"))
             setting = cls(parts[0], height, width, int(parts[2]), len(parts) == 4)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"setting {text!r}: write MODEL:HxW:BATCH[:classifier], e.g. resnet50:512x512:2") from None
+            raise argparse.ArgumentTypeError(
+                f"setting {text!r}: write MODEL:HxW:BATCH[:classifier], e.g. resnet50:512x512:2"
+            ) from None
         if min(setting.height, setting.width, setting.batch) < 1:
             raise argparse.ArgumentTypeError(f"setting {text!r}: size and batch must be positive")
         return setting
@@ -104,7 +113,13 @@ DEFAULT_SETTINGS = [
 ]
 # The project's targets: FDConv / base (at most) and official / FDConv (at least), eager float32 on the CPU.
 TARGETS: dict[str, dict[str, tuple[float, bool]]] = {
-    "resnet50:512x512:2": {"eval": (1.5, True), "train": (2.0, True), "memory": (1.5, True), "official eval": (2.5, False), "official train": (1.7, False)},
+    "resnet50:512x512:2": {
+        "eval": (1.5, True),
+        "train": (2.0, True),
+        "memory": (1.5, True),
+        "official eval": (2.5, False),
+        "official train": (1.7, False),
+    },
     "convnext_tiny:512x512:2": {"eval": (1.5, True), "train": (2.0, True)},
     "swin_tiny_patch4_window7_224:512x512:2": {"eval": (1.5, True), "train": (2.0, True)},
     "resnet50:224x224:8:classifier": {"eval": (2.5, True), "train": (3.0, True)},
@@ -118,11 +133,19 @@ def with_official_layers(model: nn.Module, official_cls: type) -> nn.Module:
         if not isinstance(layer, FDConv) or not layer.use_fdconv:
             continue
         if layer.token_layout:
-            raise ValueError(f"{name}: the official layer has no token layout; the official column needs a convolutional backbone")
+            raise ValueError(
+                f"{name}: the official layer has no token layout; the official column needs a convolutional backbone"
+            )
         with quiet():  # it prints a line per layer it builds
             official = official_cls(
-                layer.in_channels, layer.out_channels, kernel_size=layer.kernel_size, stride=layer.stride,
-                padding=layer.padding, dilation=layer.dilation, groups=layer.groups, bias=layer.bias is not None,
+                layer.in_channels,
+                layer.out_channels,
+                kernel_size=layer.kernel_size,
+                stride=layer.stride,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                groups=layer.groups,
+                bias=layer.bias is not None,
                 kernel_num=layer.kernel_num,
             )
         official.load_state_dict(layer.state_dict(), strict=True)
@@ -159,7 +182,9 @@ def _loss(output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     return sum(f.float().mean() for f in output)
 
 
-def training_or_eval_step(model: nn.Module, x: torch.Tensor, train: bool, dtype: torch.dtype | None) -> Callable[[], None]:
+def training_or_eval_step(
+    model: nn.Module, x: torch.Tensor, train: bool, dtype: torch.dtype | None
+) -> Callable[[], None]:
     def run() -> None:
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             if train:
@@ -174,22 +199,50 @@ def training_or_eval_step(model: nn.Module, x: torch.Tensor, train: bool, dtype:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--settings", nargs="+", type=Setting.parse, default=DEFAULT_SETTINGS, metavar="MODEL:HxW:B", help="rows (default: the five above)")
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        type=Setting.parse,
+        default=DEFAULT_SETTINGS,
+        metavar="MODEL:HxW:B",
+        help="rows (default: the five above)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads); default 2")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="autocast dtype")
-    p.add_argument("--official", type=Path, metavar="PATH", help="your copy of the official FDConv.py: adds the official columns (ResNets)")
-    p.add_argument("--compile", nargs="*", type=Setting.parse, metavar="MODEL:HxW:B", help="add torch.compile rows for these settings (none given: the first ResNet setting)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs per model and row (at least 1: it checks the variant works)")
+    p.add_argument(
+        "--official",
+        type=Path,
+        metavar="PATH",
+        help="your copy of the official FDConv.py: adds the official columns (ResNets)",
+    )
+    p.add_argument(
+        "--compile",
+        nargs="*",
+        type=Setting.parse,
+        metavar="MODEL:HxW:B",
+        help="add torch.compile rows for these settings (none given: the first ResNet setting)",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs per model and row (at least 1: it checks the variant works)"
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed runs per model (at most)")
-    p.add_argument("--budget", type=float, default=20.0, help="seconds of timed runs after which a slow model stops early (>= 3 runs)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=20.0,
+        help="seconds of timed runs after which a slow model stops early (>= 3 runs)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak training memory column")
     p.add_argument(
-        "--keep-weights", action="store_true",
+        "--keep-weights",
+        action="store_true",
         help="FDConv models keep their per-sample weights for backward (fdconv_cfg=dict(recompute_weight=False)) "
         "instead of recomputing them in deep layers: the speed-memory trade-off of training",
     )
-    p.add_argument("--markdown", action="store_true", help="GitHub Markdown table with a header line naming the machine")
+    p.add_argument(
+        "--markdown", action="store_true", help="GitHub Markdown table with a header line naming the machine"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18 at 64x64 batch 2, one timed run")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     return p
@@ -242,11 +295,21 @@ def main(argv: list[str] | None = None) -> dict:
                         continue  # the official layer is compared as it is used: eager
                     model.train(mode == "train")
                     try:
-                        fn = training_or_eval_step(torch.compile(model) if variant == "compiled" else model, x, mode == "train", dtype)
+                        fn = training_or_eval_step(
+                            torch.compile(model) if variant == "compiled" else model, x, mode == "train", dtype
+                        )
                         fn()  # the first warm-up run; fails here if the variant does not work for this model
                         fns[name] = fn
                     except Exception as exc:  # noqa: BLE001  (reported in the table as "fails")
-                        logger.warning("%s %s %s: %s fails (%s: %s)", setting, variant, mode, name, type(exc).__name__, str(exc)[:200])
+                        logger.warning(
+                            "%s %s %s: %s fails (%s: %s)",
+                            setting,
+                            variant,
+                            mode,
+                            name,
+                            type(exc).__name__,
+                            str(exc)[:200],
+                        )
                         row[mode][name] = None
                 rounds = round_robin_times(fns, device, args.warmup - 1, args.repeats, args.budget)
                 row[mode].update(medians(rounds))
@@ -259,19 +322,32 @@ def main(argv: list[str] | None = None) -> dict:
             rows[(setting, variant)] = row
         del models
 
-    kept = " FDConv models keep their per-sample weights for backward (recompute_weight=False)." if args.keep_weights else ""
+    kept = (
+        " FDConv models keep their per-sample weights for backward (recompute_weight=False)."
+        if args.keep_weights
+        else ""
+    )
     header_line = (
         f"{args.dtype}, {device}; {machine_description(device, args.threads)}.{kept} Median ms per forward (eval) or training "
         "step; cells are base / FDConv model; ratios FDConv / base, and official / FDConv (the speed-up over the official layer): "
         "ratios of the medians, in brackets the smallest and largest ratio within one round (the two ran back to back)."
     )
     targets = _targets(rows)
-    out = [f"**Dense-resolution benchmark.** {header_line}" if args.markdown else header_line, "", _table(rows, official_cls is not None, args.markdown), ""]
+    out = [
+        f"**Dense-resolution benchmark.** {header_line}" if args.markdown else header_line,
+        "",
+        _table(rows, official_cls is not None, args.markdown),
+        "",
+    ]
     matches = [r["official match"] for r in rows.values() if r["official match"] is not None]
     if matches:
-        out.append(f"official vs FDConv layers (same state dict, each on the input it gets in the backbone, eval): max relative difference {max(matches):.1e}")
+        out.append(
+            f"official vs FDConv layers (same state dict, each on the input it gets in the backbone, eval): max relative difference {max(matches):.1e}"
+        )
         if max(matches) > 1e-4:
-            out.append("WARNING: the official backbone computes a different function here; its times compare unlike models")
+            out.append(
+                "WARNING: the official backbone computes a different function here; its times compare unlike models"
+            )
     out.append("Targets (eager, float32):" if args.markdown else "Targets:")
     out += [("- " if args.markdown else "  ") + t.line() for t in targets]
     print("\n".join(out))
@@ -304,7 +380,8 @@ def _max_relative_difference(ours: nn.Module, official: nn.Module, x: torch.Tens
             ours.eval()(x)
             official.eval()
             return max(
-                ((official.get_submodule(name)(inp) - out).abs().max() / out.abs().max()).item() for name, (inp, out) in inputs.items()
+                ((official.get_submodule(name)(inp) - out).abs().max() / out.abs().max()).item()
+                for name, (inp, out) in inputs.items()
             )
     finally:
         for hook in hooks:
@@ -329,7 +406,11 @@ def _round_range(row: dict, mode: str, num: str, den: str) -> tuple[float, float
 
 def _table(rows: dict, official: bool, markdown: bool) -> str:
     header = ["setting", "eval ms", "eval ratio", "train step ms", "train ratio", "peak train MiB", "memory ratio"]
-    header += ["official eval ms", "official / FDConv eval", "official train ms", "official / FDConv train"] if official else []
+    header += (
+        ["official eval ms", "official / FDConv eval", "official train ms", "official / FDConv train"]
+        if official
+        else []
+    )
     table = []
     for (setting, variant), r in rows.items():
         base, fdconv = setting.model, f"{setting.model}_fdconv"
@@ -346,8 +427,10 @@ def _table(rows: dict, official: bool, markdown: bool) -> str:
         if official:
             has = "official" in r["eval"]
             line += [
-                format_ms(r["eval"]["official"]) if has else "-", _time_ratio(r, "eval", "official", fdconv),
-                format_ms(r["train"]["official"]) if has else "-", _time_ratio(r, "train", "official", fdconv),
+                format_ms(r["eval"]["official"]) if has else "-",
+                _time_ratio(r, "eval", "official", fdconv),
+                format_ms(r["train"]["official"]) if has else "-",
+                _time_ratio(r, "train", "official", fdconv),
             ]
         table.append(line)
     return format_table(header, table, markdown)

@@ -94,11 +94,17 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", type=_parse_shape, nargs="+", help="BxCxHxW inputs (default: resnet50 at 512x512, batch 2)")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--shapes", type=_parse_shape, nargs="+", help="BxCxHxW inputs (default: resnet50 at 512x512, batch 2)"
+    )
     p.add_argument("--repeats", type=int, default=9, help="timed runs per variant (median)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--backbone", type=Setting.parse, help="also time a whole backbone both ways, e.g. resnet50:512x512:2")
+    p.add_argument(
+        "--backbone", type=Setting.parse, help="also time a whole backbone both ways, e.g. resnet50:512x512:2"
+    )
     p.add_argument("--markdown", action="store_true", help="GitHub Markdown table")
     return p
 
@@ -126,16 +132,42 @@ def main(argv: list[str] | None = None) -> dict:
         results[label] = {"layers": layers, "ms": cells, "max_difference": difference}
         rows.append(_row(label, layers, cells, f"{difference:.1e}"))
     rows.append(_row("all layers", sum(n for _, n in shapes), totals, "-"))
-    header = ["input", "layers", "forward ms, matmul / conv", "conv / matmul", "fwd+bwd ms, matmul / conv", "conv / matmul", "max abs difference"]
-    print(f"**Band split GEMM backend.** {machine_description(torch.device('cpu'), args.threads)}; cut-offs {CUTOFFS}; medians of {args.repeats}.\n")
+    header = [
+        "input",
+        "layers",
+        "forward ms, matmul / conv",
+        "conv / matmul",
+        "fwd+bwd ms, matmul / conv",
+        "conv / matmul",
+        "max abs difference",
+    ]
+    print(
+        f"**Band split GEMM backend.** {machine_description(torch.device('cpu'), args.threads)}; cut-offs {CUTOFFS}; medians of {args.repeats}.\n"
+    )
     print(format_table(header, rows, args.markdown))
     if args.backbone is None:
         return {"shapes": results, "total_ms": totals}
     backbone = _backbone_times(args.backbone, args.repeats)
-    print(f"\n**{args.backbone}**, the FDConv layers' band splits all on the BLAS (matmul) or all as 1x1 convolutions (conv).\n")
-    header = ["mode", "base ms", "FDConv ms, matmul / conv", "conv / matmul", "FDConv / base, matmul", "FDConv / base, conv"]
+    print(
+        f"\n**{args.backbone}**, the FDConv layers' band splits all on the BLAS (matmul) or all as 1x1 convolutions (conv).\n"
+    )
+    header = [
+        "mode",
+        "base ms",
+        "FDConv ms, matmul / conv",
+        "conv / matmul",
+        "FDConv / base, matmul",
+        "FDConv / base, conv",
+    ]
     rows = [
-        [mode, f"{t['base']:.0f}", f"{t['matmul']:.0f} / {t['conv']:.0f}", f"{t['conv'] / t['matmul']:.2f}x", f"{t['matmul'] / t['base']:.2f}x", f"{t['conv'] / t['base']:.2f}x"]
+        [
+            mode,
+            f"{t['base']:.0f}",
+            f"{t['matmul']:.0f} / {t['conv']:.0f}",
+            f"{t['conv'] / t['matmul']:.2f}x",
+            f"{t['matmul'] / t['base']:.2f}x",
+            f"{t['conv'] / t['base']:.2f}x",
+        ]
         for mode, t in backbone.items()
     ]
     print(format_table(header, rows, args.markdown))
@@ -153,7 +185,11 @@ def _backbone_times(setting: Setting, repeats: int) -> dict[str, dict[str, float
         base.train(train)
         fdconv.train(train)
         step = training_or_eval_step(fdconv, x, train, None)
-        fns = {"base": training_or_eval_step(base, x, train, None), "matmul": _with_band_gemms(step, False), "conv": _with_band_gemms(step, True)}
+        fns = {
+            "base": training_or_eval_step(base, x, train, None),
+            "matmul": _with_band_gemms(step, False),
+            "conv": _with_band_gemms(step, True),
+        }
         times[mode] = median_times(fns, torch.device("cpu"), repeats=repeats)
     return times
 
@@ -161,8 +197,13 @@ def _backbone_times(setting: Setting, repeats: int) -> dict[str, dict[str, float
 def _row(label: str, layers: int, cells: list[float], difference: str) -> list[object]:
     fwd_mm, fwd_conv, train_mm, train_conv = cells
     return [
-        label, layers, f"{fwd_mm:.1f} / {fwd_conv:.1f}", f"{fwd_conv / fwd_mm:.2f}x",
-        f"{train_mm:.1f} / {train_conv:.1f}", f"{train_conv / train_mm:.2f}x", difference,
+        label,
+        layers,
+        f"{fwd_mm:.1f} / {fwd_conv:.1f}",
+        f"{fwd_conv / fwd_mm:.2f}x",
+        f"{train_mm:.1f} / {train_conv:.1f}",
+        f"{train_conv / train_mm:.2f}x",
+        difference,
     ]
 
 

@@ -94,26 +94,55 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads); default 2")
     p.add_argument("--batch", type=int, default=TARGET_BATCH)
-    p.add_argument("--shapes", nargs="+", type=_parse_shape, default=SHAPES, metavar="CxHW", help="default: 64x56 128x28 256x14 512x7")
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        type=_parse_shape,
+        default=SHAPES,
+        metavar="CxHW",
+        help="default: 64x56 128x28 256x14 512x7",
+    )
     p.add_argument("--kernel-num", type=int, default=64, help="FDConv kernel_num (the paper's 64)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs per layer and row (at least 1: it checks the variant works)")
+    p.add_argument(
+        "--warmup", type=int, default=2, help="untimed runs per layer and row (at least 1: it checks the variant works)"
+    )
     p.add_argument("--repeats", type=int, default=10, help="timed runs per layer (at most)")
-    p.add_argument("--budget", type=float, default=2.0, help="seconds of timed runs after which a slow layer stops early (>= 3 runs)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="autocast dtype (FFTs stay float32)")
-    p.add_argument("--official", type=Path, metavar="PATH", help="your copy of the official FDConv.py, added as a column")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=2.0,
+        help="seconds of timed runs after which a slow layer stops early (>= 3 runs)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="autocast dtype (FFTs stay float32)",
+    )
+    p.add_argument(
+        "--official", type=Path, metavar="PATH", help="your copy of the official FDConv.py, added as a column"
+    )
     p.add_argument("--no-condconv", action="store_true", help="skip timm's CondConv2d column")
     p.add_argument("--no-channels-last", action="store_true", help="skip the channels_last rows")
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (slow to compile on the CPU)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak training memory table")
-    p.add_argument("--markdown", action="store_true", help="GitHub Markdown tables with a header line naming the machine")
+    p.add_argument(
+        "--markdown", action="store_true", help="GitHub Markdown tables with a header line naming the machine"
+    )
     p.add_argument("--plot", type=Path, metavar="PNG", help="write a bar chart of the time ratios")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
-    p.add_argument("--quick", action="store_true", help="smoke run: first shape only, batch 2, 1 warm-up, 2 repeats, no channels_last rows")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: first shape only, batch 2, 1 warm-up, 2 repeats, no channels_last rows",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     return p
 
 
-def _build(name: str, c: int, conv: nn.Conv2d, kernel_num: int, official_cls: type | None, reference: FDConv) -> nn.Module:
+def _build(
+    name: str, c: int, conv: nn.Conv2d, kernel_num: int, official_cls: type | None, reference: FDConv
+) -> nn.Module:
     if name == BASE:
         return conv
     if name == "FDConv":
@@ -185,7 +214,15 @@ def main(argv: list[str] | None = None) -> dict:
                         fn()  # the first warm-up run; fails here if the variant does not work for this layer
                         fns[name] = fn
                     except Exception as exc:  # noqa: BLE001  (reported in the table as "fails")
-                        logger.warning("%s %s %s: %s fails (%s: %s)", mode, shape, variant, name, type(exc).__name__, str(exc)[:200])
+                        logger.warning(
+                            "%s %s %s: %s fails (%s: %s)",
+                            mode,
+                            shape,
+                            variant,
+                            name,
+                            type(exc).__name__,
+                            str(exc)[:200],
+                        )
                         row[name] = None
                 row.update(median_times(fns, device, max(args.warmup - 1, 0), args.repeats, args.budget))
                 times[(mode, shape, variant)] = row
@@ -196,7 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
                 memory[shape] = {}
                 for name, module in layers.items():
                     module.zero_grad(set_to_none=True)
-                    memory[shape][name] = peak_memory_mib(_step(module, x.detach().requires_grad_(), True, dtype), device)
+                    memory[shape][name] = peak_memory_mib(
+                        _step(module, x.detach().requires_grad_(), True, dtype), device
+                    )
         del layers, reference, conv
 
     header_line = (
@@ -208,12 +247,18 @@ def main(argv: list[str] | None = None) -> dict:
     for mode in ("eval", "train"):
         out += [_caption(f"{mode}: ms", args.markdown), _time_table(times, mode, columns, variants, args.markdown), ""]
     if memory:
-        out += [_caption("peak memory of one training step: MiB", args.markdown), _memory_table(memory, columns, args.markdown), ""]
+        out += [
+            _caption("peak memory of one training step: MiB", args.markdown),
+            _memory_table(memory, columns, args.markdown),
+            "",
+        ]
     if official_cls is not None:
         out.append(f"official vs FDConv outputs (same state dict, eval): max relative difference {max_rel_diff:.1e}")
         if max_rel_diff > 1e-4:
-            out.append("WARNING: the official layer computes a different function here; its times compare unlike layers")
-    out.append(("Targets (batch 8, the four ResNet-50 shapes, eager float32):" if args.markdown else "Targets:"))
+            out.append(
+                "WARNING: the official layer computes a different function here; its times compare unlike layers"
+            )
+    out.append("Targets (batch 8, the four ResNet-50 shapes, eager float32):" if args.markdown else "Targets:")
     out += [("- " if args.markdown else "  ") + t.line() for t in targets]
     if args.batch != TARGET_BATCH or [tuple(s) for s in args.shapes] != SHAPES or dtype is not None:
         out.append("  (this run's settings differ from the targets': batch 8, the four shapes, float32)")
@@ -221,7 +266,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.plot:
         _plot(times, columns, args.plot)
         print(f"plot written to {args.plot}")
-    return {"times": times, "memory": memory, "targets": targets, "max_rel_diff": max_rel_diff if official_cls else None}
+    return {
+        "times": times,
+        "memory": memory,
+        "targets": targets,
+        "max_rel_diff": max_rel_diff if official_cls else None,
+    }
 
 
 def _caption(text: str, markdown: bool) -> str:
@@ -246,7 +296,9 @@ def _time_table(times: dict, mode: str, columns: list[str], variants: list[str],
     for (m, shape, variant), t in times.items():
         if m != mode:
             continue
-        row = [shape if variant == "eager" else f"{shape} {variant}"] + [_fmt(t.get(c), "fails" if c in t else "-") for c in columns]
+        row = [shape if variant == "eager" else f"{shape} {variant}"] + [
+            _fmt(t.get(c), "fails" if c in t else "-") for c in columns
+        ]
         row.append(_ratio(t.get("FDConv"), t.get(BASE)))
         if "official" in columns:
             row.append(_ratio(t.get("official"), t.get("FDConv")))
@@ -258,7 +310,12 @@ def _time_table(times: dict, mode: str, columns: list[str], variants: list[str],
 
 
 def _memory_table(memory: dict, columns: list[str], markdown: bool) -> str:
-    header = ["shape"] + [f"{c} MiB" for c in columns] + ["FDConv / conv"] + (["official / FDConv"] if "official" in columns else [])
+    header = (
+        ["shape"]
+        + [f"{c} MiB" for c in columns]
+        + ["FDConv / conv"]
+        + (["official / FDConv"] if "official" in columns else [])
+    )
     rows = []
     for shape, m in memory.items():
         row = [shape] + [_fmt(m[c]) for c in columns] + [_ratio(m["FDConv"], m[BASE])]
@@ -277,8 +334,18 @@ def _targets(args: argparse.Namespace, times: dict) -> list[Target]:
     targets = [Target("layer eval: FDConv time / nn.Conv2d, every shape", 3.0, True, values("eval", "FDConv", BASE))]
     if args.official:
         targets += [
-            Target("layer eval: speed-up over the official layer, every shape", 5.0, False, values("eval", "official", "FDConv")),
-            Target("layer train step: speed-up over the official layer, every shape", 3.0, False, values("train", "official", "FDConv")),
+            Target(
+                "layer eval: speed-up over the official layer, every shape",
+                5.0,
+                False,
+                values("eval", "official", "FDConv"),
+            ),
+            Target(
+                "layer train step: speed-up over the official layer, every shape",
+                3.0,
+                False,
+                values("train", "official", "FDConv"),
+            ),
         ]
     else:
         targets += [Target("layer eval/train: speed-up over the official layer (pass --official PATH)", 5.0, False, {})]
@@ -302,7 +369,13 @@ def _plot(times: dict, columns: list[str], path: Path) -> None:
         ax.axhline(1.0, color="k", lw=0.8)
         if mode == "eval":
             ax.axhline(3.0, color="gray", lw=0.8, ls="--", label="target for FDConv (3x)")
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], [label for label, _ in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(
+            [j + 0.4 - width / 2 for j in range(len(rows))],
+            [label for label, _ in rows],
+            rotation=30,
+            ha="right",
+            fontsize=8,
+        )
         ax.set_yscale("log")
         ax.set_title(f"{mode} (time / nn.Conv2d)")
     axes[0].set_ylabel("time / nn.Conv2d")

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import timm  # noqa: E402
 from _common import (  # noqa: E402
     Target,
     check_plot_path,
@@ -40,7 +41,6 @@ from _common import (  # noqa: E402
 )
 
 import fdconv_zoo  # noqa: E402  (registers the FDConv models)
-import timm  # noqa: E402
 
 __all__ = ["PAIRS", "main", "measure_memory"]
 
@@ -94,7 +94,9 @@ def _proc_status_kib(field: str) -> int:
 
 
 def _rss_in_subprocess(name: str, argv: list[str]) -> float:
-    out = subprocess.run([sys.executable, __file__, "--_memory-of", name, *argv], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--_memory-of", name, *argv], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["mib"]
 
 
@@ -102,7 +104,9 @@ def _model_kwargs(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--model-kwargs {text!r} is not JSON ({exc}); e.g. '{{\"num_classes\": 10}}'") from None
+        raise argparse.ArgumentTypeError(
+            f"--model-kwargs {text!r} is not JSON ({exc}); e.g. '{{\"num_classes\": 10}}'"
+        ) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"--model-kwargs {text!r}: give a JSON object, e.g. '{{\"num_classes\": 10}}'")
     return value
@@ -114,25 +118,49 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads); default 2")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs per model and row (at least 1: it checks the variant works)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per model (at most)")
-    p.add_argument("--budget", type=float, default=10.0, help="seconds of timed runs after which a slow model stops early (>= 3 runs)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="autocast dtype")
-    p.add_argument("--models", nargs="+", default=PAIRS, help="base timm architectures, each compared with its _fdconv variant")
-    p.add_argument("--model-kwargs", type=_model_kwargs, default={}, help="JSON keyword arguments for timm.create_model (both models)")
     p.add_argument(
-        "--memory", choices=["allocator", "rss", "none"], default="allocator",
+        "--warmup", type=int, default=1, help="untimed runs per model and row (at least 1: it checks the variant works)"
+    )
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per model (at most)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=10.0,
+        help="seconds of timed runs after which a slow model stops early (>= 3 runs)",
+    )
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="autocast dtype")
+    p.add_argument(
+        "--models", nargs="+", default=PAIRS, help="base timm architectures, each compared with its _fdconv variant"
+    )
+    p.add_argument(
+        "--model-kwargs",
+        type=_model_kwargs,
+        default={},
+        help="JSON keyword arguments for timm.create_model (both models)",
+    )
+    p.add_argument(
+        "--memory",
+        choices=["allocator", "rss", "none"],
+        default="allocator",
         help="peak training memory: tensor allocations (default), resident set in a fresh process (CPU), or skip",
     )
     p.add_argument(
-        "--channels-last", choices=["auto", "all", "none"], default="auto",
+        "--channels-last",
+        choices=["auto", "all", "none"],
+        default="auto",
         help="channels_last rows: auto = ResNets only (default; keeps the run short), all models, or none",
     )
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (minutes per model on the CPU)")
-    p.add_argument("--markdown", action="store_true", help="GitHub Markdown table with a header line naming the machine")
+    p.add_argument(
+        "--markdown", action="store_true", help="GitHub Markdown table with a header line naming the machine"
+    )
     p.add_argument("--plot", type=Path, metavar="PNG", help="write a bar chart of the FDConv / base ratios")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
-    p.add_argument("--quick", action="store_true", help="smoke run: first model only, batch 2, 64x64, 1 timed run, no channels_last")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: first model only, batch 2, 64x64, 1 timed run, no channels_last",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     p.add_argument("--_memory-of", dest="memory_of", help=argparse.SUPPRESS)
     return p
@@ -144,7 +172,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.quick:
-        args.models, args.batch, args.img_size, args.warmup, args.repeats, args.channels_last = args.models[:1], 2, 64, 1, 1, "none"
+        args.models, args.batch, args.img_size, args.warmup, args.repeats, args.channels_last = (
+            args.models[:1],
+            2,
+            64,
+            1,
+            1,
+            "none",
+        )
     if args.memory_of:
         print(json.dumps({"mib": measure_memory(args.memory_of, args)}))
         return None
@@ -157,7 +192,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         check_plot_path(args.plot, args.overwrite)
         unknown = [m for m in args.models if not timm.is_model(m) or not timm.is_model(f"{m}_fdconv")]
         if unknown:
-            raise ValueError(f"--models: no FDConv variant for {', '.join(unknown)}; choose from {', '.join(_fdconv_bases())}")
+            raise ValueError(
+                f"--models: no FDConv variant for {', '.join(unknown)}; choose from {', '.join(_fdconv_bases())}"
+            )
     except (OSError, ValueError, ImportError) as exc:
         parser.error(str(exc))
     logging.basicConfig(format="%(message)s", level=logging.INFO if args.verbose else logging.WARNING)
@@ -193,7 +230,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                         fn()  # the first warm-up run; fails here if the variant does not work for this model
                         fns[name] = fn
                     except Exception as exc:  # noqa: BLE001  (reported in the table as "fails")
-                        logger.warning("%s %s %s: %s fails (%s: %s)", base, variant, mode, name, type(exc).__name__, str(exc)[:200])
+                        logger.warning(
+                            "%s %s %s: %s fails (%s: %s)", base, variant, mode, name, type(exc).__name__, str(exc)[:200]
+                        )
                         row[mode][name] = None
                 row[mode].update(median_times(fns, device, max(args.warmup - 1, 0), args.repeats, args.budget))
             results[(base, variant)] = row
@@ -216,7 +255,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     table = _table(results, memory, params, args)
     targets = _targets(results, memory)
     out = [f"**Model benchmark.** {header_line}" if args.markdown else header_line, "", table, ""]
-    out.append("Targets (resnet50_fdconv vs resnet50, batch 8, 224x224, eager float32):" if args.markdown else "Targets:")
+    out.append(
+        "Targets (resnet50_fdconv vs resnet50, batch 8, 224x224, eager float32):" if args.markdown else "Targets:"
+    )
     out += [("- " if args.markdown else "  ") + t.line() for t in targets]
     if args.batch != 8 or args.img_size != 224 or dtype is not None or args.model_kwargs:
         out.append("  (this run's settings differ from the targets': batch 8, 224x224, float32, default models)")
@@ -236,22 +277,33 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def _table(results: dict, memory: dict, params: dict, args: argparse.Namespace) -> str:
-    header = ["model", "params M", "eval ms", "eval ratio", "train step ms", "train ratio", "peak train MiB", "memory ratio"]
+    header = [
+        "model",
+        "params M",
+        "eval ms",
+        "eval ratio",
+        "train step ms",
+        "train ratio",
+        "peak train MiB",
+        "memory ratio",
+    ]
     rows = []
     for (base, variant), r in sorted(results.items(), key=lambda kv: (kv[0][1] != "eager", kv[0][1])):
         b, f = base, f"{base}_fdconv"
         eager = variant == "eager"
         mem = memory.get(base) if eager else None
-        rows.append([
-            base if eager else f"{base} {variant}",
-            format_pair(*params[base]) if eager else "",
-            format_pair(r["eval"].get(b), r["eval"].get(f)),
-            _ratio(r["eval"].get(b), r["eval"].get(f)),
-            format_pair(r["train"].get(b), r["train"].get(f)),
-            _ratio(r["train"].get(b), r["train"].get(f)),
-            format_pair(mem[b], mem[f]) if mem else "-",
-            _ratio(mem[b], mem[f]) if mem else "-",
-        ])
+        rows.append(
+            [
+                base if eager else f"{base} {variant}",
+                format_pair(*params[base]) if eager else "",
+                format_pair(r["eval"].get(b), r["eval"].get(f)),
+                _ratio(r["eval"].get(b), r["eval"].get(f)),
+                format_pair(r["train"].get(b), r["train"].get(f)),
+                _ratio(r["train"].get(b), r["train"].get(f)),
+                format_pair(mem[b], mem[f]) if mem else "-",
+                _ratio(mem[b], mem[f]) if mem else "-",
+            ]
+        )
     return format_table(header, rows, args.markdown)
 
 
@@ -267,7 +319,12 @@ def _targets(results: dict, memory: dict) -> list[Target]:
     return [
         Target("resnet50_fdconv eval latency / resnet50", TARGETS["eval"], True, ratio(r["eval"])),
         Target("resnet50_fdconv training step / resnet50", TARGETS["train"], True, ratio(r["train"])),
-        Target("resnet50_fdconv peak training memory / resnet50", TARGETS["memory"], True, ratio(memory.get("resnet50", {}))),
+        Target(
+            "resnet50_fdconv peak training memory / resnet50",
+            TARGETS["memory"],
+            True,
+            ratio(memory.get("resnet50", {})),
+        ),
     ]
 
 

@@ -19,11 +19,11 @@ import json
 import sys
 from pathlib import Path
 
+import timm
 import torch
 from safetensors import safe_open
 
 import fdconv_zoo  # noqa: F401  (registers the FDConv models)
-import timm
 from fdconv_zoo import FDConv, convert_state_dict
 from fdconv_zoo.layers import plan_execution
 
@@ -43,14 +43,18 @@ def _golden(device: torch.device) -> list[str]:
         with safe_open(str(path), framework="pt") as f:
             meta, t = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
         layer = FDConv(**json.loads(meta["config"]))
-        layer.load_state_dict({k.removeprefix("state."): v for k, v in t.items() if k.startswith("state.")}, strict=True)
+        layer.load_state_dict(
+            {k.removeprefix("state."): v for k, v in t.items() if k.startswith("state.")}, strict=True
+        )
         layer = layer.to(device).train(meta["mode"] == "train")
         with torch.no_grad():
             out = layer(t["input"].to(device))
         try:
             torch.testing.assert_close(out.cpu(), t["output"], rtol=1e-4, atol=1e-4)
             state = layer.state_dict()
-            for key, expected in ((k.removeprefix("post_state."), v) for k, v in t.items() if k.startswith("post_state.")):
+            for key, expected in (
+                (k.removeprefix("post_state."), v) for k, v in t.items() if k.startswith("post_state.")
+            ):
                 torch.testing.assert_close(state[key].double().cpu(), expected.double(), rtol=0, atol=1e-5, msg=key)
             print(f"  golden {path.stem}: ok")
         except AssertionError as exc:
@@ -112,7 +116,9 @@ def _active_attentions(device: torch.device) -> list[str]:
             errors |= {f"{n} grad": _relative_error(p.grad, grads_ref[n]) for n, p in layer.named_parameters()}
             worst = max(errors, key=errors.get)
             status = "ok" if errors[worst] < tolerance else "FAILED"
-            print(f"  {name} ({method}, {str(dtype).removeprefix('torch.')}) vs CPU float64: worst {worst} {errors[worst]:.1e} {status}")
+            print(
+                f"  {name} ({method}, {str(dtype).removeprefix('torch.')}) vs CPU float64: worst {worst} {errors[worst]:.1e} {status}"
+            )
             if errors[worst] >= tolerance:
                 failures.append(f"{name} {dtype}: {worst} relative error {errors[worst]:.1e}")
     return failures
@@ -128,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, timm {timm.__version__}")
     failures = []
-    for title, check in (("official test vectors", _golden), ("conversion", _conversion), ("active attentions", _active_attentions)):
+    for title, check in (
+        ("official test vectors", _golden),
+        ("conversion", _conversion),
+        ("active attentions", _active_attentions),
+    ):
         print(title)
         failures += check(device)
     print("all checks passed" if not failures else "FAILED:\n  " + "\n  ".join(failures))

@@ -43,7 +43,15 @@ from fdconv_zoo import FDConv  # noqa: E402
 from fdconv_zoo.layers import fdconv as fdconv_module  # noqa: E402
 from fdconv_zoo.layers import fourier_weight  # noqa: E402
 
-__all__ = ["ABLATIONS", "EVAL_PARTS", "INVERSE_FFT", "OFFICIAL", "main", "official_training_budget", "training_ablations"]
+__all__ = [
+    "ABLATIONS",
+    "EVAL_PARTS",
+    "INVERSE_FFT",
+    "OFFICIAL",
+    "main",
+    "official_training_budget",
+    "training_ablations",
+]
 
 # (label, owner, attribute): the callables timed in eval, all called inside FDConv.forward.
 EVAL_PARTS = [
@@ -57,7 +65,10 @@ EVAL_PARTS = [
 # Within the weight images: the inverse real FFT of each sample's spectrum, the one pass of the per-sample weights
 # that the official layer runs as it is (one irfft2 per sample and layer). Either form is called once per image.
 INVERSE_FFT = "of which the inverse FFT (irfft2)"
-_INVERSE_FFT_CALLS = [(INVERSE_FFT, fourier_weight, "inverse_weight_spectrum_values"), (INVERSE_FFT, fourier_weight, "inverse_weight_planes")]
+_INVERSE_FFT_CALLS = [
+    (INVERSE_FFT, fourier_weight, "inverse_weight_spectrum_values"),
+    (INVERSE_FFT, fourier_weight, "inverse_weight_planes"),
+]
 
 
 def _without(part: str) -> Callable[[FDConv], None]:
@@ -132,7 +143,9 @@ def eval_attribution(setting: Setting, repeats: int) -> dict[str, float]:
     x = torch.randn(setting.batch, 3, setting.height, setting.width)
     base, model = setting.create(setting.model).eval(), _fdconv_model(setting).eval()
     step = training_or_eval_step(model, x, False, None)
-    paired = median_times({"base": training_or_eval_step(base, x, False, None), "fdconv": step}, x.device, repeats=repeats)
+    paired = median_times(
+        {"base": training_or_eval_step(base, x, False, None), "fdconv": step}, x.device, repeats=repeats
+    )
     totals: dict[str, float] = defaultdict(float)
     start = time.perf_counter()
     with _timed([*EVAL_PARTS, *_INVERSE_FFT_CALLS, (_ALL_FDCONV, fdconv_module.FDConv, "forward")], totals):
@@ -143,7 +156,12 @@ def eval_attribution(setting: Setting, repeats: int) -> dict[str, float]:
     fdconv_ms = totals[_ALL_FDCONV] * 1e3 / repeats
     ms[_REST] = fdconv_ms - sum(ms.values())
     ms[_OUTSIDE] = total - fdconv_ms
-    return ms | {INVERSE_FFT: totals[INVERSE_FFT] * 1e3 / repeats, "total": total, "base": paired["base"], "fdconv": paired["fdconv"]}
+    return ms | {
+        INVERSE_FFT: totals[INVERSE_FFT] * 1e3 / repeats,
+        "total": total,
+        "base": paired["base"],
+        "fdconv": paired["fdconv"],
+    }
 
 
 def eval_budget(setting: Setting, ms: dict[str, float]) -> list[list[str]] | None:
@@ -160,7 +178,10 @@ def eval_budget(setting: Setting, ms: dict[str, float]) -> list[list[str]] | Non
         ("FDConv backbone over the base model (untimed, round-robin)", ms["fdconv"] - base),
         ("FDConv's own parts (all parts but the per-sample convolution)", own),
         (INVERSE_FFT, ms[INVERSE_FFT]),
-        ("per-sample convolution and everything outside FDConv, over the base model", ms[EVAL_PARTS[0][0]] + ms[_OUTSIDE] - base),
+        (
+            "per-sample convolution and everything outside FDConv, over the base model",
+            ms[EVAL_PARTS[0][0]] + ms[_OUTSIDE] - base,
+        ),
     ]
     return [[label, f"{v:.0f}", f"{v / base:.2f}x"] for label, v in rows]
 
@@ -188,7 +209,12 @@ def _ablation_rows(variants: dict[str, dict[str, float]]) -> list[list[str]]:
     official = variants.get(OFFICIAL)
     rows = []
     for name, v in variants.items():
-        row = [name, f"{v['ms']:.0f}", f"{v['ms'] / base['ms']:.2f}x", "-" if name in ("base", "full FDConv", OFFICIAL) else f"{full['ms'] - v['ms']:.0f}"]
+        row = [
+            name,
+            f"{v['ms']:.0f}",
+            f"{v['ms'] / base['ms']:.2f}x",
+            "-" if name in ("base", "full FDConv", OFFICIAL) else f"{full['ms'] - v['ms']:.0f}",
+        ]
         row += [f"{v['mib']:.0f}", f"{v['mib'] / base['mib']:.2f}x"]
         if official is not None:
             row.append("-" if name in ("base", OFFICIAL) else f"{official['ms'] / v['ms']:.2f}x")
@@ -215,7 +241,11 @@ def official_training_budget(setting: Setting, variants: dict[str, dict[str, flo
     allowed = official["ms"] / speedup
     return [
         ["official layers' training step", f"{official['ms']:.0f}", memory(official)],
-        [f"allowed for the FDConv backbone (official / FDConv >= {speedup:g}x)", f"{allowed:.0f}", "-" if memory_limit is None else f"<= {memory_limit:g}x"],
+        [
+            f"allowed for the FDConv backbone (official / FDConv >= {speedup:g}x)",
+            f"{allowed:.0f}",
+            "-" if memory_limit is None else f"<= {memory_limit:g}x",
+        ],
         ["full FDConv backbone over the allowance", f"{full['ms'] - allowed:.0f}", memory(full)],
         ["recomputing the per-sample weights (full minus weights kept)", f"{full['ms'] - kept['ms']:.0f}", "-"],
         ["weights kept, over the allowance", f"{kept['ms'] - allowed:.0f}", memory(kept)],
@@ -224,10 +254,20 @@ def official_training_budget(setting: Setting, variants: dict[str, dict[str, flo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--setting", type=Setting.parse, default=Setting("resnet50", 512, 512, 2), help="MODEL:HxW:BATCH (default resnet50:512x512:2)")
+    parser.add_argument(
+        "--setting",
+        type=Setting.parse,
+        default=Setting("resnet50", 512, 512, 2),
+        help="MODEL:HxW:BATCH (default resnet50:512x512:2)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--official", type=Path, metavar="PATH", help="your copy of the official FDConv.py: adds its backbone to the training step (ResNets)")
+    parser.add_argument(
+        "--official",
+        type=Path,
+        metavar="PATH",
+        help="your copy of the official FDConv.py: adds its backbone to the training step (ResNets)",
+    )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     if args.setting.classifier:
@@ -244,7 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     ms = eval_attribution(args.setting, args.repeats)
     labels = [label for label in ms if label not in ("total", "base", "fdconv", INVERSE_FFT)]
     labels.insert(labels.index(EVAL_PARTS[1][0]) + 1, INVERSE_FFT)  # a sub-row of the weight images
-    rows = [[f"  {label}" if label == INVERSE_FFT else label, f"{ms[label]:.0f}", f"{100 * ms[label] / ms['total']:.0f}%"] for label in labels]
+    rows = [
+        [f"  {label}" if label == INVERSE_FFT else label, f"{ms[label]:.0f}", f"{100 * ms[label] / ms['total']:.0f}%"]
+        for label in labels
+    ]
     rows += [
         ["FDConv backbone, in all (parts timed)", f"{ms['total']:.0f}", "100%"],
         ["FDConv backbone, untimed, round-robin with the base model", f"{ms['fdconv']:.0f}", "-"],
@@ -258,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     print("\nTraining step (forward, loss, backward), ablations timed round-robin, and peak training memory:\n")
     variants = training_ablations(args.setting, args.repeats, official_cls)
     header = ["variant", "ms", "/ base", "ms less than full", "peak train MiB", "memory / base"]
-    print(format_table(header + (["official / variant"] if official_cls else []), _ablation_rows(variants), args.markdown))
+    print(
+        format_table(header + (["official / variant"] if official_cls else []), _ablation_rows(variants), args.markdown)
+    )
     budget = official_training_budget(args.setting, variants)
     if budget is not None:
         print("\nTraining against the official-speed-up target, from the times above:\n")

@@ -35,7 +35,9 @@ _CONVERSION_CHECK_LAYERS = [
 def _check_conversion(args: argparse.Namespace) -> int:
     """Convert plain layers to FDConv and show that the converted layers compute the same function."""
     torch.manual_seed(args.seed)
-    _logger.info("FDConv layer demo: exact conversion of plain layers (paper settings: %s), float32, CPU\n", PAPER_FDCONV_KWARGS)
+    _logger.info(
+        "FDConv layer demo: exact conversion of plain layers (paper settings: %s), float32, CPU\n", PAPER_FDCONV_KWARGS
+    )
     header = f"{'layer':26} {'source params':>13} {'FDConv params':>13} {'added':>8} {'max rel. err eval':>17} {'train':>9} {'batch 1 train':>13}"
     _logger.info(header)
     _logger.info("-" * len(header))
@@ -55,7 +57,9 @@ def _check_conversion(args: argparse.Namespace) -> int:
         _logger.info(
             f"{name:26} {n_src:>13,} {n_fd:>13,} {n_fd - n_src:>8,} {errors[0]:>17.1e} {errors[1]:>9.1e} {errors[2]:>13.1e}"
         )
-    _logger.info("\nLargest relative error %.1e (float32 round-off): each FDConv starts as exactly its source layer.", worst)
+    _logger.info(
+        "\nLargest relative error %.1e (float32 round-off): each FDConv starts as exactly its source layer.", worst
+    )
     return 0 if worst <= 1e-5 else 1
 
 
@@ -82,7 +86,9 @@ def _profile(args: argparse.Namespace) -> int:
     fdconv = timm.create_model(args.model, pretrained=False, **model_kwargs)
     base = timm.create_model(base_name, pretrained=False, **model_kwargs)
     input_size = tuple(args.input_size) if args.input_size else tuple(fdconv.pretrained_cfg["input_size"])
-    profiles = profile_models({base_name: base, args.model: fdconv}, input_size, args.batch, timed=args.time, repeats=args.repeats)
+    profiles = profile_models(
+        {base_name: base, args.model: fdconv}, input_size, args.batch, timed=args.time, repeats=args.repeats
+    )
     _logger.info("%s and %s, random init (the weights do not change the cost)", base_name, args.model)
     _logger.info(format_profile(*profiles, input_size, args.batch, repeats=args.repeats))
     return 0
@@ -108,9 +114,16 @@ def _finetune(args: argparse.Namespace) -> int:
 
     model_kwargs = dict(kv.split("=", 1) for kv in args.model_arg)
     result = finetune_classification(
-        args.model, args.dataset, args.output_dir, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.lr, image_size=args.image_size, seed=args.seed,
-        model_kwargs={k: _literal(v) for k, v in model_kwargs.items()}, overwrite=args.overwrite,
+        args.model,
+        args.dataset,
+        args.output_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        image_size=args.image_size,
+        seed=args.seed,
+        model_kwargs={k: _literal(v) for k, v in model_kwargs.items()},
+        overwrite=args.overwrite,
     )
     _logger.info("accuracy %.4f, eval loss %.4f; saved to %s", result.accuracy, result.eval_loss, result.saved_to)
     return 0
@@ -127,15 +140,30 @@ def _finetune_segmentation(args: argparse.Namespace) -> int:
         try:
             id2label = {int(k): str(v) for k, v in json.loads(text).items()}
         except (ValueError, AttributeError) as error:
-            _logger.error("error: --id2label is not a JSON file or object of id -> name (%s); e.g. '{\"0\": \"background\", \"1\": \"road\"}'", error)
+            _logger.error(
+                'error: --id2label is not a JSON file or object of id -> name (%s); e.g. \'{"0": "background", "1": "road"}\'',
+                error,
+            )
             return 2
     result = finetune_segmentation(
-        args.model, args.dataset, args.output_dir, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.lr, image_size=args.image_size, num_labels=args.num_labels, id2label=id2label,
-        reduce_labels=args.reduce_labels, image_column=args.image_column, mask_column=args.mask_column,
-        seed=args.seed, overwrite=args.overwrite,
+        args.model,
+        args.dataset,
+        args.output_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        image_size=args.image_size,
+        num_labels=args.num_labels,
+        id2label=id2label,
+        reduce_labels=args.reduce_labels,
+        image_column=args.image_column,
+        mask_column=args.mask_column,
+        seed=args.seed,
+        overwrite=args.overwrite,
     )
-    _logger.info("mean IoU %.4f, pixel accuracy %.4f; saved to %s", result.mean_iou, result.pixel_accuracy, result.saved_to)
+    _logger.info(
+        "mean IoU %.4f, pixel accuracy %.4f; saved to %s", result.mean_iou, result.pixel_accuracy, result.saved_to
+    )
     return 0
 
 
@@ -159,7 +187,11 @@ def _export_onnx(args: argparse.Namespace) -> int:
     input_size = model_input_size(model, args.image_size)
     start = time.perf_counter()
     path = export_onnx(model, args.out, input_size=input_size, opset=args.opset, overwrite=args.overwrite)
-    _logger.info("export took %.1f s; checking with onnxruntime at batch sizes 1 and 3, input %s", time.perf_counter() - start, input_size)
+    _logger.info(
+        "export took %.1f s; checking with onnxruntime at batch sizes 1 and 3, input %s",
+        time.perf_counter() - start,
+        input_size,
+    )
     error = verify_onnx(path, model, batch_sizes=(1, 3))
     verdict = "OK" if error <= ONNX_TOLERANCE else f"FAILED (tolerance {ONNX_TOLERANCE:.0e})"
     _logger.info("max relative error %.2e: %s", error, verdict)
@@ -169,58 +201,113 @@ def _export_onnx(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fdconv-zoo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="pretrained plain ResNet -> exact FDConv conversion -> fine-tune both, on built-in digits (offline)")
-    demo.add_argument("--pretrain-epochs", type=float, default=3, help="epochs of the plain model that stands in for pretrained weights")
+    demo = sub.add_parser(
+        "demo",
+        help="pretrained plain ResNet -> exact FDConv conversion -> fine-tune both, on built-in digits (offline)",
+    )
+    demo.add_argument(
+        "--pretrain-epochs",
+        type=float,
+        default=3,
+        help="epochs of the plain model that stands in for pretrained weights",
+    )
     demo.add_argument("--epochs", type=float, default=2, help="fine-tuning epochs of each model")
     demo.add_argument("--output-dir", default="runs/demo", help="a new timestamped folder is made inside")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
-    profile = sub.add_parser("profile", help="parameters, GFLOPs and eval latency of a timm FDConv model against its base model")
-    profile.add_argument("model", help="timm FDConv architecture, e.g. resnet50_fdconv (its base: the name without _fdconv); random init")
-    profile.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="input size (default: the model's)")
+    profile = sub.add_parser(
+        "profile", help="parameters, GFLOPs and eval latency of a timm FDConv model against its base model"
+    )
+    profile.add_argument(
+        "model", help="timm FDConv architecture, e.g. resnet50_fdconv (its base: the name without _fdconv); random init"
+    )
+    profile.add_argument(
+        "--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="input size (default: the model's)"
+    )
     profile.add_argument("--batch", type=int, default=1, help="batch size (default 1); FLOPs are for the whole batch")
     profile.add_argument("--time", action="store_true", help="also measure eval latency, both models taking turns")
-    profile.add_argument("--repeats", type=int, default=10, help="timed forwards per model with --time (default 10; median)")
-    profile.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="extra timm.create_model keyword (both models)")
+    profile.add_argument(
+        "--repeats", type=int, default=10, help="timed forwards per model with --time (default 10; median)"
+    )
+    profile.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm.create_model keyword (both models)",
+    )
     profile.set_defaults(func=_profile)
     check = sub.add_parser("check-conversion", help="convert plain layers to FDConv and verify the conversion is exact")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=_check_conversion)
-    onnx = sub.add_parser("export-onnx", help="export a timm (FDConv) model to ONNX (dynamic batch) and check it with onnxruntime")
+    onnx = sub.add_parser(
+        "export-onnx", help="export a timm (FDConv) model to ONNX (dynamic batch) and check it with onnxruntime"
+    )
     onnx.add_argument("model", help="timm architecture (random init), arch.tag, local-dir:PATH or hf-hub:REPO")
     onnx.add_argument("--out", required=True, help="the .onnx file to write")
-    onnx.add_argument("--checkpoint", help="weights to load: .safetensors (legacy .pth: tensors only, weights_only=True)")
+    onnx.add_argument(
+        "--checkpoint", help="weights to load: .safetensors (legacy .pth: tensors only, weights_only=True)"
+    )
     onnx.add_argument("--image-size", type=int, help="square input size (default: the model's)")
     onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    onnx.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="extra timm.create_model keyword")
+    onnx.add_argument(
+        "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="extra timm.create_model keyword"
+    )
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     onnx.set_defaults(func=_export_onnx)
     finetune = sub.add_parser("finetune-classification", help="fine-tune a timm (FDConv) classifier with HF Trainer")
-    finetune.add_argument("--model", required=True, help="timm architecture, or arch.tag for pretrained weights (e.g. resnet50_fdconv.tv_in1k)")
-    finetune.add_argument("--dataset", required=True, help="'digits', an image folder (one sub-folder per class) or a Hub dataset name")
+    finetune.add_argument(
+        "--model",
+        required=True,
+        help="timm architecture, or arch.tag for pretrained weights (e.g. resnet50_fdconv.tv_in1k)",
+    )
+    finetune.add_argument(
+        "--dataset", required=True, help="'digits', an image folder (one sub-folder per class) or a Hub dataset name"
+    )
     finetune.add_argument("--output-dir", required=True, help="checkpoints/ (resumed if present) and model/ go here")
     finetune.add_argument("--epochs", type=float, default=3)
     finetune.add_argument("--batch-size", type=int, default=32)
     finetune.add_argument("--lr", type=float, default=1e-3)
     finetune.add_argument("--image-size", type=int, help="input size (default: the model's)")
-    finetune.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="extra timm.create_model keyword")
+    finetune.add_argument(
+        "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="extra timm.create_model keyword"
+    )
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
     finetune.set_defaults(func=_bad_input_exits(_finetune))
-    seg = sub.add_parser("finetune-segmentation", help="fine-tune an FDConv SegFormer or UperNet on a segmentation dataset with HF Trainer")
-    seg.add_argument("--model", required=True, help="SegFormer or UperNet checkpoint folder or Hub id (native ones are converted to FDConv)")
-    seg.add_argument("--dataset", required=True, help="a save_to_disk folder, a folder of images/ + annotations/, or a Hub dataset name")
+    seg = sub.add_parser(
+        "finetune-segmentation",
+        help="fine-tune an FDConv SegFormer or UperNet on a segmentation dataset with HF Trainer",
+    )
+    seg.add_argument(
+        "--model",
+        required=True,
+        help="SegFormer or UperNet checkpoint folder or Hub id (native ones are converted to FDConv)",
+    )
+    seg.add_argument(
+        "--dataset",
+        required=True,
+        help="a save_to_disk folder, a folder of images/ + annotations/, or a Hub dataset name",
+    )
     seg.add_argument("--output-dir", required=True, help="checkpoints/ (resumed if present) and model/ go here")
     seg.add_argument("--epochs", type=float, default=3)
     seg.add_argument("--batch-size", type=int, default=8)
     seg.add_argument("--lr", type=float, default=6e-5)
     seg.add_argument("--image-size", type=int, help="square input size (default: the image processor's)")
-    seg.add_argument("--num-labels", type=int, help="number of classes (default: the dataset's names, else largest mask value + 1)")
-    seg.add_argument("--id2label", help="class names: a JSON file or object {\"0\": \"background\", ...}")
-    seg.add_argument("--reduce-labels", action=argparse.BooleanOptionalAction, default=None,
-                     help="0 is 'unlabelled' (ignored), classes are 1..N (default: the image processor's setting)")
+    seg.add_argument(
+        "--num-labels", type=int, help="number of classes (default: the dataset's names, else largest mask value + 1)"
+    )
+    seg.add_argument("--id2label", help='class names: a JSON file or object {"0": "background", ...}')
+    seg.add_argument(
+        "--reduce-labels",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="0 is 'unlabelled' (ignored), classes are 1..N (default: the image processor's setting)",
+    )
     seg.add_argument("--image-column", help="the image column (default: image, pixel_values or img)")
-    seg.add_argument("--mask-column", help="the mask column (default: annotation, label, mask, segmentation_mask or semantic_map)")
+    seg.add_argument(
+        "--mask-column", help="the mask column (default: annotation, label, mask, segmentation_mask or semantic_map)"
+    )
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
     seg.set_defaults(func=_bad_input_exits(_finetune_segmentation))

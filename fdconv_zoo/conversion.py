@@ -19,7 +19,9 @@ __all__ = ["conv_weight_to_spectrum", "spectrum_to_conv_weight", "convert_state_
 _logger = logging.getLogger(__name__)
 
 
-def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, *, fill_missing: bool = True) -> dict[str, torch.Tensor]:
+def convert_state_dict(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module, *, fill_missing: bool = True
+) -> dict[str, torch.Tensor]:
     """Convert a plain model's state dict for ``model``, a network containing FDConv layers.
 
     For every real FDConv layer ``name`` in ``model`` (``FDConv``, ``FDConv1d``, ``FDConv3d``), ``name.weight``
@@ -40,12 +42,20 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
             weight = out.pop(weight_key)
             expected = module.conv_weight_shape
             if not module.accepts_conv_weight(weight.shape):
-                raise ValueError(f"{weight_key}: shape {tuple(weight.shape)} does not match the model, which expects {expected}")
-            out[dft_key] = conv_weight_to_spectrum(weight.reshape(expected).to(module.dft_weight.dtype), module.param_ratio)
+                raise ValueError(
+                    f"{weight_key}: shape {tuple(weight.shape)} does not match the model, which expects {expected}"
+                )
+            out[dft_key] = conv_weight_to_spectrum(
+                weight.reshape(expected).to(module.dft_weight.dtype), module.param_ratio
+            )
             converted += 1
         if fill_missing:
             for key in own_state:
-                if key.startswith(prefix) and key[len(prefix):].split(".")[0] in ("KSM_Global", "KSM_Local", "FBM") and key not in out:
+                if (
+                    key.startswith(prefix)
+                    and key[len(prefix) :].split(".")[0] in ("KSM_Global", "KSM_Local", "FBM")
+                    and key not in out
+                ):
                     out[key] = own_state[key]
     _logger.debug("converted %d conv weights to FDConv spectra", converted)
     return out

@@ -19,7 +19,14 @@ import timm.data
 import torch
 import torch.nn as nn
 
-__all__ = ["DEMO_MODEL_KWARGS", "ConversionCheck", "check_converted", "convert_plain_checkpoint", "held_out_digits", "run_demo"]
+__all__ = [
+    "DEMO_MODEL_KWARGS",
+    "ConversionCheck",
+    "check_converted",
+    "convert_plain_checkpoint",
+    "held_out_digits",
+    "run_demo",
+]
 
 _logger = logging.getLogger("fdconv_zoo")
 
@@ -73,8 +80,11 @@ def convert_plain_checkpoint(checkpoint: Path, num_classes: int) -> nn.Module:
     """The narrow ``resnet18_fdconv`` with the plain ``resnet18`` weights of ``checkpoint``, converted exactly by
     the FDConv model's own pretrained loader (as for ``timm.create_model('resnet50_fdconv.tv_in1k', pretrained=True)``)."""
     return timm.create_model(
-        "resnet18_fdconv", pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint), num_classes=num_classes),
-        num_classes=num_classes, **DEMO_MODEL_KWARGS,
+        "resnet18_fdconv",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(checkpoint), num_classes=num_classes),
+        num_classes=num_classes,
+        **DEMO_MODEL_KWARGS,
     )
 
 
@@ -103,10 +113,21 @@ def run_demo(
     train = dict(batch_size=32, learning_rate=2e-3, image_size=_IMAGE_SIZE, seed=seed)
     _logger.info(
         "FDConv demo: pretrained plain ResNet -> exact FDConv conversion -> fine-tuning, on scikit-learn's 8x8 digits\n"
-        "resized to 32x32 (1 block per stage, widths 32-128; HF Trainer, batch 32, CPU). Output: %s\n", run_dir
+        "resized to 32x32 (1 block per stage, widths 32-128; HF Trainer, batch 32, CPU). Output: %s\n",
+        run_dir,
     )
-    _logger.info("== 1. 'Pretrained' weights: resnet18 trained from scratch for %g epochs (a stand-in for ImageNet weights)", pretrain_epochs)
-    pretrained = finetune_classification("resnet18", "digits", run_dir / "pretrained-resnet18", epochs=pretrain_epochs, model_kwargs=DEMO_MODEL_KWARGS, **train)
+    _logger.info(
+        "== 1. 'Pretrained' weights: resnet18 trained from scratch for %g epochs (a stand-in for ImageNet weights)",
+        pretrain_epochs,
+    )
+    pretrained = finetune_classification(
+        "resnet18",
+        "digits",
+        run_dir / "pretrained-resnet18",
+        epochs=pretrain_epochs,
+        model_kwargs=DEMO_MODEL_KWARGS,
+        **train,
+    )
     checkpoint = pretrained.saved_to / "model.safetensors"
     plain = pretrained.model.timm_model
     tag = plain.pretrained_cfg["tag"]  # the same preprocessing config for every model below
@@ -120,7 +141,10 @@ def run_demo(
         (f"{check.plain_accuracy:.4f}", f"held-out accuracy of the plain model ({check.images} images)"),
         (f"{check.fdconv_accuracy:.4f}", "held-out accuracy of the converted FDConv model, before fine-tuning"),
         (f"{check.differing_predictions}", "held-out images on which the two models predict different classes"),
-        (f"{check.max_logit_difference:.1e}", "largest |FDConv logit - plain logit| over all held-out images and classes"),
+        (
+            f"{check.max_logit_difference:.1e}",
+            "largest |FDConv logit - plain logit| over all held-out images and classes",
+        ),
         (f"{check.max_abs_logit:.1f}", "largest |plain logit|, for scale"),
     ):
         _logger.info("  %-8s %s", value, meaning)
@@ -130,7 +154,9 @@ def run_demo(
     results = {}
     for arch in ("resnet18_fdconv", "resnet18"):
         name, model_kwargs = _from_checkpoint(arch, checkpoint, tag, num_classes)
-        results[arch] = finetune_classification(name, "digits", run_dir / arch, epochs=epochs, model_kwargs=model_kwargs, **train)
+        results[arch] = finetune_classification(
+            name, "digits", run_dir / arch, epochs=epochs, model_kwargs=model_kwargs, **train
+        )
     fd, pl = results["resnet18_fdconv"], results["resnet18"]
     _logger.info("")
     for value, meaning in (
@@ -141,12 +167,19 @@ def run_demo(
         (f"{pl.train_seconds:.0f}", "seconds of plain fine-tuning"),
     ):
         _logger.info("  %-8s %s", value, meaning)
-    _logger.info("  saved to %s and %s (timm.create_model('local-dir:<folder>', pretrained=True))", fd.saved_to, pl.saved_to)
+    _logger.info(
+        "  saved to %s and %s (timm.create_model('local-dir:<folder>', pretrained=True))", fd.saved_to, pl.saved_to
+    )
 
     _logger.info("\n== 4. Cost of the fine-tuned models (fdconv-zoo profile)")
     fdconv_model, plain_model = fd.model.timm_model.eval(), pl.model.timm_model.eval()
     input_size = (3, _IMAGE_SIZE, _IMAGE_SIZE)
-    profiles = profile_models({"resnet18 (narrow)": plain_model, "resnet18_fdconv (narrow)": fdconv_model}, input_size, timed=True, repeats=latency_repeats)
+    profiles = profile_models(
+        {"resnet18 (narrow)": plain_model, "resnet18_fdconv (narrow)": fdconv_model},
+        input_size,
+        timed=True,
+        repeats=latency_repeats,
+    )
     _logger.info(format_profile(*profiles, input_size, repeats=latency_repeats))
 
     _logger.info("\n== 5. Pictures and ONNX export of the fine-tuned FDConv model")

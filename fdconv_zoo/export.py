@@ -19,7 +19,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["DEFAULT_OPSET", "ONNX_TOLERANCE", "export_onnx", "load_state_dict_file", "load_timm_model", "model_input_size", "verify_onnx"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "ONNX_TOLERANCE",
+    "export_onnx",
+    "load_state_dict_file",
+    "load_timm_model",
+    "model_input_size",
+    "verify_onnx",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -34,7 +42,9 @@ def _require(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(f"ONNX export needs {module!r}: pip install 'fdconv-zoo[onnx]' (onnx, onnxruntime, onnxscript)") from err
+        raise ImportError(
+            f"ONNX export needs {module!r}: pip install 'fdconv-zoo[onnx]' (onnx, onnxruntime, onnxscript)"
+        ) from err
 
 
 def _input_shape(input_size: int | Sequence[int]) -> tuple[int, int, int]:
@@ -76,15 +86,23 @@ def export_onnx(
     shape = _input_shape(input_size)
     param = next(model.parameters(), None)
     # Batch 2 (torch.export specialises size 1); a private generator leaves the caller's random state alone.
-    example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(param.device if param is not None else "cpu")
+    example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(
+        param.device if param is not None else "cpu"
+    )
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), _quiet_exporter_logs():
             program = torch.onnx.export(
-                model, (example,), dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
-                input_names=["pixel_values"], verbose=False, optimize=full_optimization,
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                dynamic_shapes=dynamic_shapes,
+                input_names=["pixel_values"],
+                verbose=False,
+                optimize=full_optimization,
             )
             if not full_optimization:
                 from onnxscript import optimizer
@@ -102,7 +120,9 @@ def export_onnx(
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
-    _logger.info("exported %s to %s (%.1f MB, opset %d)", type(model).__name__, path, path.stat().st_size / 2**20, opset)
+    _logger.info(
+        "exported %s to %s (%.1f MB, opset %d)", type(model).__name__, path, path.stat().st_size / 2**20, opset
+    )
     return path
 
 
@@ -158,7 +178,9 @@ def _outputs(value: Any) -> list[torch.Tensor]:
     raise TypeError(f"cannot compare a model output of type {type(value).__name__}")
 
 
-def verify_onnx(path: str | os.PathLike, model: nn.Module, batch_sizes: Sequence[int] = (1, 3), *, seed: int = 0) -> float:
+def verify_onnx(
+    path: str | os.PathLike, model: nn.Module, batch_sizes: Sequence[int] = (1, 3), *, seed: int = 0
+) -> float:
     """Largest relative error ``max|onnx - torch| / max|torch|`` of onnxruntime (CPU) against ``model`` in eval
     mode, over random inputs of each batch size (which also checks that the batch axis is dynamic)."""
     ort = _require("onnxruntime")
@@ -186,8 +208,12 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module, batch_sizes: Sequence
             for actual, ref in zip(got, expected):
                 ref = ref.detach().double().cpu()
                 if tuple(actual.shape) != tuple(ref.shape):
-                    raise ValueError(f"{path}: output shape {tuple(actual.shape)} at batch {batch}, the model gives {tuple(ref.shape)}")
-                error = ((torch.from_numpy(actual).double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+                    raise ValueError(
+                        f"{path}: output shape {tuple(actual.shape)} at batch {batch}, the model gives {tuple(ref.shape)}"
+                    )
+                error = (
+                    (torch.from_numpy(actual).double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)
+                ).item()
                 _logger.info("batch %d: max relative error %.2e (onnxruntime vs PyTorch)", batch, error)
                 worst = max(worst, error)
     finally:
@@ -219,7 +245,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 state = state[key]
                 break
     else:
-        raise ValueError(f"checkpoint {path}: expected a .safetensors file (or a legacy {'/'.join(_LEGACY_SUFFIXES)} state dict)")
+        raise ValueError(
+            f"checkpoint {path}: expected a .safetensors file (or a legacy {'/'.join(_LEGACY_SUFFIXES)} state dict)"
+        )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"checkpoint {path} holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
@@ -242,7 +270,9 @@ def load_timm_model(model_name: str, checkpoint: str | os.PathLike | None = None
             tags = ", ".join(timm.list_pretrained(f"{arch}.*")) or "none"
             raise ValueError(f"unknown pretrained tag {model_name!r}; pretrained tags of {arch}: {tags}")
         if tag and checkpoint is not None:
-            raise ValueError(f"{model_name!r} names pretrained weights and a checkpoint was given too; pass {arch!r} with the checkpoint")
+            raise ValueError(
+                f"{model_name!r} names pretrained weights and a checkpoint was given too; pass {arch!r} with the checkpoint"
+            )
     pretrained = checkpoint is None and (prefixed or "." in model_name)
     model = timm.create_model(model_name, pretrained=pretrained, **model_kwargs)
     if checkpoint is not None:
@@ -254,7 +284,10 @@ def load_timm_model(model_name: str, checkpoint: str | os.PathLike | None = None
                 f"checkpoint {checkpoint} does not fit {model_name} (a fine-tuned head needs --model-arg num_classes=N): {err}"
             ) from err
     elif not pretrained:
-        _logger.warning("%s: no weights given, exporting a randomly initialised model (use ARCH.TAG, local-dir:, hf-hub: or --checkpoint)", model_name)
+        _logger.warning(
+            "%s: no weights given, exporting a randomly initialised model (use ARCH.TAG, local-dir:, hf-hub: or --checkpoint)",
+            model_name,
+        )
     return model
 
 

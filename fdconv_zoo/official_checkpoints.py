@@ -83,7 +83,12 @@ def backbone_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
             dropped[key.split(".", 1)[0]] += 1
     if dropped:
         groups = ", ".join(f"{group} ({count})" for group, count in dropped.items())
-        _logger.info("kept the %d backbone keys of the checkpoint, dropped %d others: %s", len(backbone), sum(dropped.values()), groups)
+        _logger.info(
+            "kept the %d backbone keys of the checkpoint, dropped %d others: %s",
+            len(backbone),
+            sum(dropped.values()),
+            groups,
+        )
     return backbone
 
 

@@ -19,13 +19,27 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode, UnsupportedOperatorException
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+    UnsupportedOperatorException,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from .layers import FDConv
 from .surgery import count_parameters
 
-__all__ = ["FFT_FLOP_FORMULAS", "FLOP_PARTS", "FlopCount", "ModelProfile", "count_flops", "format_profile", "measure_latency", "profile_models"]
+__all__ = [
+    "FFT_FLOP_FORMULAS",
+    "FLOP_PARTS",
+    "FlopCount",
+    "ModelProfile",
+    "count_flops",
+    "format_profile",
+    "measure_latency",
+    "profile_models",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -121,7 +135,11 @@ def count_flops(model: nn.Module, input_size: Sequence[int], batch_size: int = 1
             with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True), counter:
                 model(torch.zeros(batch_size, *input_size, dtype=dtype, device=device))
         except _FAKE_TENSOR_ERRORS as error:
-            _logger.info("%s needs tensor values (%s); counting on a real input instead", type(model).__name__, type(error).__name__)
+            _logger.info(
+                "%s needs tensor values (%s); counting on a real input instead",
+                type(model).__name__,
+                type(error).__name__,
+            )
             with torch.no_grad(), counter:
                 model(torch.zeros(batch_size, *input_size, dtype=dtype, device=device))
     finally:
@@ -191,7 +209,9 @@ def profile_models(
     latencies: list[float | None] = [None] * len(models)
     if timed:
         param = next(next(iter(models.values())).parameters())  # the models share a device and dtype
-        x = torch.randn(batch_size, *input_size, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
+        x = torch.randn(batch_size, *input_size, generator=torch.Generator().manual_seed(0)).to(
+            param.device, param.dtype
+        )
         latencies = measure_latency(list(models.values()), x, repeats=repeats)
     return [
         ModelProfile(name, count_parameters(model), count_flops(model, input_size, batch_size), latency)
@@ -199,7 +219,9 @@ def profile_models(
     ]
 
 
-def format_profile(base: ModelProfile, fdconv: ModelProfile, input_size: Sequence[int], batch_size: int = 1, repeats: int | None = None) -> str:
+def format_profile(
+    base: ModelProfile, fdconv: ModelProfile, input_size: Sequence[int], batch_size: int = 1, repeats: int | None = None
+) -> str:
     """The paper-style table: the base model, its FDConv variant and the difference; then what each column
     is, and where the FDConv model's FLOPs go."""
     timed = base.latency_ms is not None and fdconv.latency_ms is not None
@@ -215,8 +237,14 @@ def format_profile(base: ModelProfile, fdconv: ModelProfile, input_size: Sequenc
         header,
         "-" * len(header),
         *(row(p.name, p.parameters / 1e6, p.flops.gflops, p.flops.gmacs, p.latency_ms) for p in (base, fdconv)),
-        row("difference", (fdconv.parameters - base.parameters) / 1e6, fdconv.flops.gflops - base.flops.gflops,
-            fdconv.flops.gmacs - base.flops.gmacs, fdconv.latency_ms - base.latency_ms if timed else None, sign="+"),
+        row(
+            "difference",
+            (fdconv.parameters - base.parameters) / 1e6,
+            fdconv.flops.gflops - base.flops.gflops,
+            fdconv.flops.gmacs - base.flops.gmacs,
+            fdconv.latency_ms - base.latency_ms if timed else None,
+            sign="+",
+        ),
         "",
         "params (M): parameters in millions (buffers excluded)",
         "GFLOPs: 10^9 floating-point operations of one forward of the batch (multiply-add = 2; convolutions, matrix "
@@ -225,7 +253,9 @@ def format_profile(base: ModelProfile, fdconv: ModelProfile, input_size: Sequenc
     ]
     if timed:
         ratio = fdconv.latency_ms / base.latency_ms
-        lines.append(f"eval ms: median wall time of one forward over {repeats or 'the'} repeats, both models taking turns, this machine ({ratio:.2f}x)")
+        lines.append(
+            f"eval ms: median wall time of one forward over {repeats or 'the'} repeats, both models taking turns, this machine ({ratio:.2f}x)"
+        )
     lines += ["", f"{fdconv.name} GFLOPs by part:"]
     lines += [f"  {fdconv.flops.breakdown[part] / 1e9:>9.3f}  {_PART_LABELS[part]}" for part in FLOP_PARTS]
     return "\n".join(lines)

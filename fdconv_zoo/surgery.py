@@ -23,7 +23,12 @@ _logger = logging.getLogger(__name__)
 PAPER_FDCONV_KWARGS: dict[str, Any] = dict(kernel_num=64)
 
 # The FDConv class that replaces each convertible module type (nn.Linear: the 2-D layer's token layout).
-_FDCONV_FOR: dict[type[nn.Module], type[FDConv]] = {nn.Conv1d: FDConv1d, nn.Conv2d: FDConv, nn.Conv3d: FDConv3d, nn.Linear: FDConv}
+_FDCONV_FOR: dict[type[nn.Module], type[FDConv]] = {
+    nn.Conv1d: FDConv1d,
+    nn.Conv2d: FDConv,
+    nn.Conv3d: FDConv3d,
+    nn.Linear: FDConv,
+}
 
 
 def convert_to_fdconv(model: nn.Module, patterns: Sequence[str], **fdconv_kwargs: Any) -> list[str]:
@@ -37,11 +42,14 @@ def convert_to_fdconv(model: nn.Module, patterns: Sequence[str], **fdconv_kwargs
     matched: dict[str, nn.Module] = {}
     for pattern in patterns:
         hits = {
-            name: m for name, m in model.named_modules()
+            name: m
+            for name, m in model.named_modules()
             if fnmatch.fnmatchcase(name, pattern) and isinstance(m, tuple(_FDCONV_FOR)) and not isinstance(m, FDConv)
         }
         if not hits:
-            raise ValueError(f"pattern {pattern!r} matches no nn.Conv1d/nn.Conv2d/nn.Conv3d/nn.Linear in {type(model).__name__}")
+            raise ValueError(
+                f"pattern {pattern!r} matches no nn.Conv1d/nn.Conv2d/nn.Conv3d/nn.Linear in {type(model).__name__}"
+            )
         matched.update(hits)
     for name, module in matched.items():
         parent_name, _, child = name.rpartition(".")

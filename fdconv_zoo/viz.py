@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 
 from .conversion import spectrum_to_conv_weight
-from .layers.fdconv import FDConv
 from .layers import band_lowpass, inverse_weight_spectrum
+from .layers.fdconv import FDConv
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -68,11 +68,15 @@ def _check_fdconv(layer: nn.Module, need_fbm: bool = False) -> FDConv:
 
 def _check_feature_map(layer: FDConv, x: torch.Tensor) -> torch.Tensor:
     if not torch.is_tensor(x) or not x.is_floating_point():
-        raise TypeError(f"expected a floating-point tensor, got {type(x).__name__}{'' if not torch.is_tensor(x) else ' of dtype ' + str(x.dtype)}")
+        raise TypeError(
+            f"expected a floating-point tensor, got {type(x).__name__}{'' if not torch.is_tensor(x) else ' of dtype ' + str(x.dtype)}"
+        )
     if x.dim() == 3:
         x = x[None]
     if x.dim() != 4 or x.shape[1] != layer.in_channels:
-        raise ValueError(f"expected the layer's input, shape (B, {layer.in_channels}, H, W) or ({layer.in_channels}, H, W), got {tuple(x.shape)}")
+        raise ValueError(
+            f"expected the layer's input, shape (B, {layer.in_channels}, H, W) or ({layer.in_channels}, H, W), got {tuple(x.shape)}"
+        )
     return x
 
 
@@ -119,7 +123,9 @@ def group_frequency_responses(
     images = torch.stack(out)  # (G, Cout·k, Cin·k)
     if as_image:
         return images
-    return images.unflatten(1, (layer.out_channels, k)).unflatten(3, (layer.in_channels, k)).transpose(2, 3).contiguous()
+    return (
+        images.unflatten(1, (layer.out_channels, k)).unflatten(3, (layer.in_channels, k)).transpose(2, 3).contiguous()
+    )
 
 
 def cosine_similarity_matrix(weights: torch.Tensor) -> torch.Tensor:
@@ -129,7 +135,9 @@ def cosine_similarity_matrix(weights: torch.Tensor) -> torch.Tensor:
     flat = weights.detach().flatten(1).to(torch.float64)
     norms = flat.norm(dim=1)
     if (norms == 0).any():
-        raise ValueError(f"weights {torch.nonzero(norms == 0).flatten().tolist()} are all zero: their cosine similarity is undefined")
+        raise ValueError(
+            f"weights {torch.nonzero(norms == 0).flatten().tolist()} are all zero: their cosine similarity is undefined"
+        )
     unit = flat / norms[:, None]
     return unit @ unit.T
 
@@ -178,7 +186,9 @@ def reference_cosine_similarity(layer: FDConv, noise: float = 0.1, seed: int = 0
     """
     layer = _check_fdconv(layer)
     static = spectrum_to_conv_weight(layer.dft_weight.detach().double(), layer.in_channels, layer.kernel_size[0])
-    return cosine_similarity_matrix(upcycled_expert_weights(static, layer.kernel_num, noise, torch.Generator().manual_seed(seed)))
+    return cosine_similarity_matrix(
+        upcycled_expert_weights(static, layer.kernel_num, noise, torch.Generator().manual_seed(seed))
+    )
 
 
 # ------------------------------------------------------------------------- FBM: band modulation maps
@@ -310,7 +320,9 @@ def plot_group_frequency_responses(
     kn, k = layer.kernel_num, layer.kernel_size[0]
     groups = _default_groups(kn) if groups is None else [int(g) for g in groups]
     if not groups or any(not 0 <= g < kn for g in groups):
-        raise ValueError(f"groups must be a non-empty list of group indices in 0..{kn - 1} (kernel_num={kn}), got {groups}")
+        raise ValueError(
+            f"groups must be a non-empty list of group indices in 0..{kn - 1} (kernel_num={kn}), got {groups}"
+        )
     if crop < 1:
         raise ValueError(f"crop (channels shown per axis) must be >= 1, got {crop}")
     responses = group_frequency_responses(layer, as_image=True).cpu()  # (KN, rows, cols)
@@ -325,25 +337,43 @@ def plot_group_frequency_responses(
     fig = Figure(figsize=(4.6 * ncols, 8.6), layout="constrained")
     grid = fig.add_gridspec(2, ncols)
     fig.suptitle(
-        title or f"FDConv Fourier-disjoint weights: {layer.in_channels}->{layer.out_channels}, {k}x{k}, "
-        f"kernel_num={kn}" + (f", param_ratio={layer.param_ratio}" if layer.param_ratio != 1 else ""),
+        title
+        or f"FDConv Fourier-disjoint weights: {layer.in_channels}->{layer.out_channels}, {k}x{k}, kernel_num={kn}"
+        + (f", param_ratio={layer.param_ratio}" if layer.param_ratio != 1 else ""),
         fontsize=13,
     )
 
     ax = fig.add_subplot(grid[0, 0])
-    im = ax.imshow(group_map.numpy(), origin="lower", extent=extent, aspect="auto", interpolation="nearest",
-                   cmap=matplotlib.colormaps["viridis"].resampled(kn), vmin=-0.5, vmax=kn - 0.5)
+    im = ax.imshow(
+        group_map.numpy(),
+        origin="lower",
+        extent=extent,
+        aspect="auto",
+        interpolation="nearest",
+        cmap=matplotlib.colormaps["viridis"].resampled(kn),
+        vmin=-0.5,
+        vmax=kn - 0.5,
+    )
     ax.set(title="(a) group of each spectrum bin", xlabel="column frequency (cycles/sample)", ylabel="row frequency")
     _colorbar(fig, im, ax, "group (0 = lowest |f|)")
 
     ax = fig.add_subplot(grid[0, 1])
-    im = ax.imshow(torch.log10(magnitude + magnitude.max() * 1e-6).numpy(), origin="lower", extent=extent,
-                   aspect="auto", interpolation="nearest", cmap="magma")
+    im = ax.imshow(
+        torch.log10(magnitude + magnitude.max() * 1e-6).numpy(),
+        origin="lower",
+        extent=extent,
+        aspect="auto",
+        interpolation="nearest",
+        cmap="magma",
+    )
     boundaries = [g + 0.5 for g in range(kn - 1)]
     if boundaries and kn <= 16:  # more boundaries than that turn into a grey smear
         ax.contour(group_map.numpy(), levels=boundaries, extent=extent, colors="cyan", linewidths=0.7, origin="lower")
-    ax.set(title="(b) static weight spectrum" + (", group edges" if 1 < kn <= 16 else ""),
-           xlabel="column frequency (cycles/sample)", ylabel="row frequency")
+    ax.set(
+        title="(b) static weight spectrum" + (", group edges" if 1 < kn <= 16 else ""),
+        xlabel="column frequency (cycles/sample)",
+        ylabel="row frequency",
+    )
     _colorbar(fig, im, ax, "log10 |rfft2(weight image)|")
 
     off = (cosine - torch.eye(kn, dtype=cosine.dtype)).abs().max().item() if kn > 1 else 0.0
@@ -351,7 +381,11 @@ def plot_group_frequency_responses(
     ref_mean = ((reference.sum() - reference.diagonal().sum()) / max(kn * kn - kn, 1)).item()
     for col, matrix, name in (
         (2, cosine, f"(c) FDConv groups: cosine\nmax |off-diagonal| = {off:.1e}"),
-        (3, reference, f"(d) {kn} upcycled experts (CondConv-style,\nweight + {noise:g}·std noise): mean off-diag. {ref_mean:.3f}"),
+        (
+            3,
+            reference,
+            f"(d) {kn} upcycled experts (CondConv-style,\nweight + {noise:g}·std noise): mean off-diag. {ref_mean:.3f}",
+        ),
     ):
         ax = fig.add_subplot(grid[0, col])
         im = ax.imshow(matrix.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
@@ -366,8 +400,11 @@ def plot_group_frequency_responses(
         bound = max(image.abs().max().item(), 1e-30)
         im = ax.imshow(image.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
         energy = (responses[g].square().sum() / responses.square().sum()).item()
-        ax.set(title=f"(e) group {g}: weight image\n({energy:.1%} of the energy)",
-               xlabel=f"input channel x {k} (first {n_show[1] // k})", ylabel=f"output channel x {k} (first {n_show[0] // k})")
+        ax.set(
+            title=f"(e) group {g}: weight image\n({energy:.1%} of the energy)",
+            xlabel=f"input channel x {k} (first {n_show[1] // k})",
+            ylabel=f"output channel x {k} (first {n_show[0] // k})",
+        )
         _colorbar(fig, im, ax, "weight")
     return _save_png(fig, path, overwrite, dpi)
 
@@ -412,8 +449,12 @@ def plot_fbm_maps(
     ncols = n + 2
     fig = Figure(figsize=(3.9 * ncols, 7.4), layout="constrained")
     grid = fig.add_gridspec(2, ncols)
-    fig.suptitle(title or f"FDConv frequency band modulation: input {tuple(x.shape[1:])}, channel {channel}, "
-                 f"k_list={fbm.k_list}, act={fbm.act}", fontsize=13)
+    fig.suptitle(
+        title
+        or f"FDConv frequency band modulation: input {tuple(x.shape[1:])}, channel {channel}, "
+        f"k_list={fbm.k_list}, act={fbm.act}",
+        fontsize=13,
+    )
 
     def show(r: int, c: int, img: torch.Tensor, name: str, cmap: str, label: str, **kw: Any) -> None:
         ax = fig.add_subplot(grid[r, c])
@@ -432,13 +473,28 @@ def plot_fbm_maps(
     TwoSlopeNorm = matplotlib.colors.TwoSlopeNorm
 
     for j in range(n + 1):
-        show(0, j + 1, bands[j], f"band {j}: {_band_label(fbm.k_list, j)}" + (" (lowest)" if j == n else ""),
-             "RdBu_r", "value", **symmetric(bands[j]))
+        show(
+            0,
+            j + 1,
+            bands[j],
+            f"band {j}: {_band_label(fbm.k_list, j)}" + (" (lowest)" if j == n else ""),
+            "RdBu_r",
+            "value",
+            **symmetric(bands[j]),
+        )
         if j < maps.shape[0]:
             amap = maps[j, group]
             lo, hi = amap.min().item(), amap.max().item()
             norm = TwoSlopeNorm(vcenter=1.0, vmin=min(0.0, lo), vmax=max(att_max, hi))
-            show(1, j + 1, amap, f"attention on band {j}\nrange [{lo:.3g}, {hi:.3g}]", "RdBu_r", "attention (1 = neutral)", norm=norm)
+            show(
+                1,
+                j + 1,
+                amap,
+                f"attention on band {j}\nrange [{lo:.3g}, {hi:.3g}]",
+                "RdBu_r",
+                "attention (1 = neutral)",
+                norm=norm,
+            )
         else:
             ax = fig.add_subplot(grid[1, j + 1])
             ax.axis("off")
@@ -451,10 +507,14 @@ def _first_fbm_layer(model: nn.Module) -> tuple[str, FDConv]:
     for name, module in model.named_modules():
         if isinstance(module, FDConv) and module.use_fdconv and hasattr(module, "FBM"):
             return name, module
-    raise ValueError(f"{type(model).__name__} has no FDConv layer with frequency band modulation (a 3x3 FDConv with use_fdconv True)")
+    raise ValueError(
+        f"{type(model).__name__} has no FDConv layer with frequency band modulation (a 3x3 FDConv with use_fdconv True)"
+    )
 
 
-def save_demo_figures(model: nn.Module, image: torch.Tensor, out_dir: str | os.PathLike, *, overwrite: bool = False) -> list[Path]:
+def save_demo_figures(
+    model: nn.Module, image: torch.Tensor, out_dir: str | os.PathLike, *, overwrite: bool = False
+) -> list[Path]:
     """Write ``group_responses.png`` and ``fbm_maps.png`` for the first 3x3 FDConv (with FBM) of ``model``.
 
     ``image`` ((1, 3, H, W) or (3, H, W), preprocessed as the model expects) is run through the model in eval
@@ -493,10 +553,19 @@ def save_demo_figures(model: nn.Module, image: torch.Tensor, out_dir: str | os.P
     x = captured[0]
     _logger.info("demo figures for layer %s (input %s)", name, tuple(x.shape))
     return [
-        plot_group_frequency_responses(layer, targets[0], title=f"{name}: FDConv Fourier-disjoint weights "
-                                       f"({layer.in_channels}->{layer.out_channels}, {layer.kernel_size[0]}x{layer.kernel_size[0]}, "
-                                       f"kernel_num={layer.kernel_num})", overwrite=overwrite),
-        plot_fbm_maps(layer, x, targets[1], title=f"{name}: frequency band modulation of its input {tuple(x.shape[1:])}",
-                      overwrite=overwrite),
+        plot_group_frequency_responses(
+            layer,
+            targets[0],
+            title=f"{name}: FDConv Fourier-disjoint weights "
+            f"({layer.in_channels}->{layer.out_channels}, {layer.kernel_size[0]}x{layer.kernel_size[0]}, "
+            f"kernel_num={layer.kernel_num})",
+            overwrite=overwrite,
+        ),
+        plot_fbm_maps(
+            layer,
+            x,
+            targets[1],
+            title=f"{name}: frequency band modulation of its input {tuple(x.shape[1:])}",
+            overwrite=overwrite,
+        ),
     ]
-

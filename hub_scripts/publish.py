@@ -37,12 +37,20 @@ COLLECTION_TITLE = "FDConv zoo"
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variants", nargs="*", help="pretrained tags (resnet50_fdconv.tv_in1k) or transformers variants (fdconv-resnet-50)")
+    parser.add_argument(
+        "variants",
+        nargs="*",
+        help="pretrained tags (resnet50_fdconv.tv_in1k) or transformers variants (fdconv-resnet-50)",
+    )
     parser.add_argument("--all", action="store_true", help="publish every variant")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
     parser.add_argument("--org", help="Hub namespace (user or organisation) to publish to")
-    parser.add_argument("--source-checkpoint", type=Path, help="local source weights instead of downloading them (one variant only): "
-                        "a .safetensors/.pth file for timm variants, a checkpoint folder for transformers variants")
+    parser.add_argument(
+        "--source-checkpoint",
+        type=Path,
+        help="local source weights instead of downloading them (one variant only): "
+        "a .safetensors/.pth file for timm variants, a checkpoint folder for transformers variants",
+    )
     parser.add_argument("--out", type=Path, default=Path("hub_staging"), help="staging folder (default: ./hub_staging)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing staged folders")
     parser.add_argument("--dry-run", action="store_true", help="stage and verify only; no upload")
@@ -84,9 +92,13 @@ def main(argv: Sequence[str] | None = None, api: HfApi | None = None) -> int:
     if args.out.exists() and not args.out.is_dir():
         _logger.error("--out %s is a file; pass a folder", args.out)
         return 2
-    clashes = [v.repo_name for v in variants if (args.out / v.repo_name).exists() and any((args.out / v.repo_name).iterdir())]
+    clashes = [
+        v.repo_name for v in variants if (args.out / v.repo_name).exists() and any((args.out / v.repo_name).iterdir())
+    ]
     if clashes and not args.overwrite:
-        _logger.error("%s already holds staged folders %s; pass --overwrite to replace them", args.out, ", ".join(clashes))
+        _logger.error(
+            "%s already holds staged folders %s; pass --overwrite to replace them", args.out, ", ".join(clashes)
+        )
         return 2
 
     api = api or HfApi()
@@ -95,8 +107,12 @@ def main(argv: Sequence[str] | None = None, api: HfApi | None = None) -> int:
         repo_id = f"{args.org}/{variant.repo_name}"
         try:
             staged: StagedVariant = stage_variant(
-                variant, args.out, org=args.org, source_checkpoint=args.source_checkpoint,
-                tolerance=args.max_rel_error, overwrite=args.overwrite,
+                variant,
+                args.out,
+                org=args.org,
+                source_checkpoint=args.source_checkpoint,
+                tolerance=args.max_rel_error,
+                overwrite=args.overwrite,
             )
         except (VerificationError, ValueError, FileNotFoundError, FileExistsError, OSError) as e:
             failed += 1
@@ -107,20 +123,27 @@ def main(argv: Sequence[str] | None = None, api: HfApi | None = None) -> int:
         if not args.dry_run:
             try:
                 status = upload_folder_if_changed(
-                    api, repo_id, Path(staged.folder), private=args.private, revision=args.revision, commit_message=args.commit_message
+                    api,
+                    repo_id,
+                    Path(staged.folder),
+                    private=args.private,
+                    revision=args.revision,
+                    commit_message=args.commit_message,
                 )
                 published.append(repo_id)
             except (HfHubHTTPError, OSError) as e:  # network or server failure: the commit did not happen
                 failed += 1
                 status = f"FAILED upload ({type(e).__name__}); re-run with --overwrite to complete it"
                 _logger.error("%s: upload failed: %s", repo_id, e)
-        rows.append((
-            variant.name,
-            f"{staged.params_source / 1e6:.2f} -> {staged.params_fdconv / 1e6:.2f}",
-            f"{staged.gflops_source:.2f} -> {staged.gflops_fdconv:.2f}",
-            f"{staged.max_rel_error:.1e}",
-            status,
-        ))
+        rows.append(
+            (
+                variant.name,
+                f"{staged.params_source / 1e6:.2f} -> {staged.params_fdconv / 1e6:.2f}",
+                f"{staged.gflops_source:.2f} -> {staged.gflops_fdconv:.2f}",
+                f"{staged.max_rel_error:.1e}",
+                status,
+            )
+        )
     if published:
         slug = add_to_collection(api, args.org, COLLECTION_TITLE, published)
         _logger.info("collection: %s", slug)

@@ -86,10 +86,14 @@ def _copy_overlay(overlay: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _check_transformers_folder(source_checkpoint: Path | None) -> None:
     if source_checkpoint is not None and not (source_checkpoint / "config.json").is_file():
-        raise ValueError(f"this variant's source is a transformers checkpoint: pass a folder with config.json and model.safetensors, got {source_checkpoint}")
+        raise ValueError(
+            f"this variant's source is a transformers checkpoint: pass a folder with config.json and model.safetensors, got {source_checkpoint}"
+        )
 
 
-def _transformers_pair(variant: Variant, source_checkpoint: Path | None) -> tuple[nn.Module, nn.Module, tuple[int, int, int]]:
+def _transformers_pair(
+    variant: Variant, source_checkpoint: Path | None
+) -> tuple[nn.Module, nn.Module, tuple[int, int, int]]:
     _check_transformers_folder(source_checkpoint)
     source_ref = str(source_checkpoint) if source_checkpoint is not None else variant.source_repo
     source = variant.load_class("native_class").from_pretrained(source_ref)
@@ -120,7 +124,9 @@ def verify(source: nn.Module, model: nn.Module, input_size: tuple[int, int, int]
         raise VerificationError(f"output shapes differ: FDConv {tuple(actual.shape)} vs source {tuple(expected.shape)}")
     error = ((actual - expected).abs().max() / expected.abs().max()).item()
     if not error <= tolerance:
-        raise VerificationError(f"converted model differs from its source: max relative error {error:.2e} > {tolerance:.0e}")
+        raise VerificationError(
+            f"converted model differs from its source: max relative error {error:.2e} > {tolerance:.0e}"
+        )
     return error
 
 
@@ -163,7 +169,9 @@ def stage_variant(
         variant=variant.name,
         repo_name=variant.repo_name,
         folder=str(target),
-        source=variant.source_repo if source_checkpoint is None else f"{variant.source_repo} (local file {source_checkpoint.name})",
+        source=variant.source_repo
+        if source_checkpoint is None
+        else f"{variant.source_repo} (local file {source_checkpoint.name})",
         max_rel_error=error,
         tolerance=tolerance,
         input_size=input_size,
@@ -176,12 +184,15 @@ def stage_variant(
     tmp = Path(tempfile.mkdtemp(prefix=f".{variant.repo_name}.", dir=out_dir))
     try:
         _save_folder(variant, model, tmp, source_checkpoint)
-        _stamp_safetensors(tmp / "model.safetensors", {
-            "fdconv_zoo_version": fdconv_zoo.__version__,
-            "fdconv_source": variant.source_repo,
-            "fdconv_conversion": "exact spectral conversion of the source weights (fdconv_zoo.convert_state_dict); attentions neutral",
-            "fdconv_verified_max_rel_error": f"{error:.3e}",
-        })
+        _stamp_safetensors(
+            tmp / "model.safetensors",
+            {
+                "fdconv_zoo_version": fdconv_zoo.__version__,
+                "fdconv_source": variant.source_repo,
+                "fdconv_conversion": "exact spectral conversion of the source weights (fdconv_zoo.convert_state_dict); attentions neutral",
+                "fdconv_verified_max_rel_error": f"{error:.3e}",
+            },
+        )
         render_card(variant, staged, org=org).save(tmp / "README.md")
         umask = os.umask(0)
         os.umask(umask)

@@ -68,7 +68,10 @@ def upload_folder_if_changed(
 def add_to_collection(api: HfApi, org: str, title: str, repo_ids: list[str]) -> str:
     """Group the published repos in one collection of ``org``; returns its slug."""
     collection = api.create_collection(
-        title, namespace=org, description="FDConv (CVPR 2025) models converted exactly from their sources by fdconv-zoo.", exists_ok=True
+        title,
+        namespace=org,
+        description="FDConv (CVPR 2025) models converted exactly from their sources by fdconv-zoo.",
+        exists_ok=True,
     )
     for repo_id in repo_ids:
         api.add_collection_item(collection.slug, item_id=repo_id, item_type="model", exists_ok=True)

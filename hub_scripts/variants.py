@@ -10,7 +10,9 @@ __all__ = ["Variant", "all_variants", "get_variant"]
 
 # timm tag fragments -> Hugging Face dataset ids (for the card's `datasets`).
 _TAG_DATASETS = {"in1k": "imagenet-1k", "in22k": "imagenet-21k", "in12k": "timm/imagenet-12k-wds"}
-_NVIDIA_LICENSE = dict(license_name="nvidia-segformer", license_link="https://github.com/NVlabs/SegFormer/blob/master/LICENSE")
+_NVIDIA_LICENSE = dict(
+    license_name="nvidia-segformer", license_link="https://github.com/NVlabs/SegFormer/blob/master/LICENSE"
+)
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,22 @@ def _timm_variants() -> list[Variant]:
         tag = name.partition(".")[2]
         datasets = tuple(ds for frag, ds in _TAG_DATASETS.items() if frag in tag.split("_"))
         if cfg.hf_hub_id.startswith("timm/"):
-            variants.append(Variant(name, "timm", cfg.hf_hub_id, cfg.license or "other", datasets, "image-classification"))
+            variants.append(
+                Variant(name, "timm", cfg.hf_hub_id, cfg.license or "other", datasets, "image-classification")
+            )
         else:  # a transformers checkpoint converted by the timm model's filter (MiT: nvidia/mit-b*)
-            variants.append(Variant(
-                name, "timm", cfg.hf_hub_id, "other", datasets, "image-classification",
-                native_class="transformers:AutoModelForImageClassification", license_extra=_NVIDIA_LICENSE,
-            ))
+            variants.append(
+                Variant(
+                    name,
+                    "timm",
+                    cfg.hf_hub_id,
+                    "other",
+                    datasets,
+                    "image-classification",
+                    native_class="transformers:AutoModelForImageClassification",
+                    license_extra=_NVIDIA_LICENSE,
+                )
+            )
     return variants
 
 
@@ -61,25 +73,70 @@ def _transformers_variants() -> list[Variant]:
     tfm = "fdconv_zoo.transformers_models"
     auto = "transformers"
     table = [
-        ("fdconv-resnet-50", "microsoft/resnet-50", f"{tfm}.resnet:FDConvResNetForImageClassification", "apache-2.0", {}),
-        ("fdconv-convnext-tiny-224", "facebook/convnext-tiny-224", f"{tfm}.convnext:FDConvConvNextForImageClassification", "apache-2.0", {}),
-        ("fdconv-swin-tiny-patch4-window7-224", "microsoft/swin-tiny-patch4-window7-224", f"{tfm}.swin:FDConvSwinForImageClassification", "apache-2.0", {}),
+        (
+            "fdconv-resnet-50",
+            "microsoft/resnet-50",
+            f"{tfm}.resnet:FDConvResNetForImageClassification",
+            "apache-2.0",
+            {},
+        ),
+        (
+            "fdconv-convnext-tiny-224",
+            "facebook/convnext-tiny-224",
+            f"{tfm}.convnext:FDConvConvNextForImageClassification",
+            "apache-2.0",
+            {},
+        ),
+        (
+            "fdconv-swin-tiny-patch4-window7-224",
+            "microsoft/swin-tiny-patch4-window7-224",
+            f"{tfm}.swin:FDConvSwinForImageClassification",
+            "apache-2.0",
+            {},
+        ),
     ]
     variants = [
-        Variant(name, "transformers", src, lic, ("imagenet-1k",), "image-classification", cls, f"{auto}:AutoModelForImageClassification", extra)
+        Variant(
+            name,
+            "transformers",
+            src,
+            lic,
+            ("imagenet-1k",),
+            "image-classification",
+            cls,
+            f"{auto}:AutoModelForImageClassification",
+            extra,
+        )
         for name, src, cls, lic, extra in table
     ]
     for size in range(6):
-        variants.append(Variant(
-            f"fdconv-mit-b{size}", "transformers", f"nvidia/mit-b{size}", "other", ("imagenet-1k",), "image-classification",
-            f"{tfm}.segformer:FDConvSegformerForImageClassification", f"{auto}:AutoModelForImageClassification", _NVIDIA_LICENSE,
-        ))
+        variants.append(
+            Variant(
+                f"fdconv-mit-b{size}",
+                "transformers",
+                f"nvidia/mit-b{size}",
+                "other",
+                ("imagenet-1k",),
+                "image-classification",
+                f"{tfm}.segformer:FDConvSegformerForImageClassification",
+                f"{auto}:AutoModelForImageClassification",
+                _NVIDIA_LICENSE,
+            )
+        )
         resolution = 640 if size == 5 else 512
-        variants.append(Variant(
-            f"fdconv-segformer-b{size}-finetuned-ade-{resolution}-{resolution}", "transformers",
-            f"nvidia/segformer-b{size}-finetuned-ade-{resolution}-{resolution}", "other", ("scene_parse_150",), "image-segmentation",
-            f"{tfm}.segformer:FDConvSegformerForSemanticSegmentation", f"{auto}:AutoModelForSemanticSegmentation", _NVIDIA_LICENSE,
-        ))
+        variants.append(
+            Variant(
+                f"fdconv-segformer-b{size}-finetuned-ade-{resolution}-{resolution}",
+                "transformers",
+                f"nvidia/segformer-b{size}-finetuned-ade-{resolution}-{resolution}",
+                "other",
+                ("scene_parse_150",),
+                "image-segmentation",
+                f"{tfm}.segformer:FDConvSegformerForSemanticSegmentation",
+                f"{auto}:AutoModelForSemanticSegmentation",
+                _NVIDIA_LICENSE,
+            )
+        )
     return variants
 
 
@@ -91,7 +148,5 @@ def all_variants() -> dict[str, Variant]:
 def get_variant(name: str) -> Variant:
     variants = all_variants()
     if name not in variants:
-        raise KeyError(
-            f"unknown variant {name!r}. Valid variants ({len(variants)}): " + ", ".join(variants)
-        )
+        raise KeyError(f"unknown variant {name!r}. Valid variants ({len(variants)}): " + ", ".join(variants))
     return variants[name]

@@ -16,7 +16,7 @@ def write_hub_repo(repo_id: str, files: dict[str, bytes | str | os.PathLike], re
     """
     cache = Path(os.environ["HF_HUB_CACHE"])
     repo_dir = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    sha = hashlib.sha1(repr(sorted(files)).encode() + str(len(list(repo_dir.glob('snapshots/*')))).encode()).hexdigest()
+    sha = hashlib.sha1(repr(sorted(files)).encode() + str(len(list(repo_dir.glob("snapshots/*")))).encode()).hexdigest()
     snapshot = repo_dir / "snapshots" / sha
     snapshot.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():

@@ -23,7 +23,7 @@ from fdconv_zoo.layers import plan_execution
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY_RESNET = json.dumps({"layers": [1, 1, 1, 1], "channels": [32, 64, 96, 128], "num_classes": 10})
 
-FAKE_OFFICIAL = '''
+FAKE_OFFICIAL = """
 import matplotlib.pyplot as plt
 from mmcv.cnn import CONV_LAYERS
 from timm.models.layers import trunc_normal_
@@ -34,7 +34,7 @@ class FDConv(_FDConv):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         print("*** kernel_num:", kwargs.get("kernel_num"))
-'''
+"""
 
 
 def _load(name: str):
@@ -69,14 +69,31 @@ def _restore_threads():
 
 
 def _table_rows(text: str, first_cell: str) -> list[list[str]]:
-    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith(f"| {first_cell}")]
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith(f"| {first_cell}")
+    ]
 
 
 def test_layer_quick_with_official_column(bench_layer, tmp_path, capsys):
     official = tmp_path / "FDConv.py"
     official.write_text(FAKE_OFFICIAL)
     plot = tmp_path / "layer.png"
-    out = bench_layer.main(["--quick", "--threads", "1", "--shapes", "32x8", "--official", str(official), "--markdown", "--plot", str(plot)])
+    out = bench_layer.main(
+        [
+            "--quick",
+            "--threads",
+            "1",
+            "--shapes",
+            "32x8",
+            "--official",
+            str(official),
+            "--markdown",
+            "--plot",
+            str(plot),
+        ]
+    )
     text = capsys.readouterr().out
     assert "*** kernel_num" not in text  # the official file's prints do not end up in the tables
     assert "mmcv" not in sys.modules and "mmcv.cnn" not in sys.modules  # the stand-ins are gone again
@@ -108,7 +125,20 @@ def test_layer_quick_with_official_column(bench_layer, tmp_path, capsys):
 
 
 def test_layer_channels_last_rows(bench_layer, capsys):
-    argv = ["--threads", "1", "--shapes", "32x8", "--batch", "2", "--warmup", "1", "--repeats", "1", "--no-memory", "--markdown"]
+    argv = [
+        "--threads",
+        "1",
+        "--shapes",
+        "32x8",
+        "--batch",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--no-memory",
+        "--markdown",
+    ]
     out = bench_layer.main(argv)
     rows = _table_rows(capsys.readouterr().out, "C=32 8x8 channels_last")
     assert len(rows) == 2  # eval and train
@@ -205,7 +235,9 @@ def test_dense_ratio_cells_show_the_range_within_rounds(bench_dense):
     assert bench_dense._time_ratio(row, "eval", "fd", "base") == "1.50x (1.00-2.00)"
     row["rounds"]["eval"] = {"fd": [3.0], "base": [2.0]}
     assert bench_dense._time_ratio(row, "eval", "fd", "base") == "1.50x"
-    assert bench_dense._time_ratio({"eval": {"fd": 3.0, "base": None}, "rounds": {}}, "eval", "fd", "base") == "-"  # base failed
+    assert (
+        bench_dense._time_ratio({"eval": {"fd": 3.0, "base": None}, "rounds": {}}, "eval", "fd", "base") == "-"
+    )  # base failed
 
 
 def test_target_lines(common):
@@ -229,7 +261,7 @@ def test_dense_quick_with_official_backbone(bench_dense, tmp_path, capsys):
     out = bench_dense.main(["--quick", "--threads", "1", "--official", str(official), "--markdown"])
     text = capsys.readouterr().out
     assert "*** kernel_num" not in text  # the official file's prints stay out of the table
-    ((setting, variant), row), = out["rows"].items()
+    (((setting, variant), row),) = out["rows"].items()
     assert (str(setting), variant) == ("resnet18 64x64 b2", "eager")
     for mode in ("eval", "train"):
         assert set(row[mode]) == {"resnet18", "resnet18_fdconv", "official"} and all(v > 0 for v in row[mode].values())
@@ -254,6 +286,7 @@ def test_dense_keep_weights_trades_memory_for_the_recomputation(bench_dense, cap
 
 def test_dense_official_layers_replace_every_fdconv_layer(bench_dense, tmp_path):
     import timm
+
     from fdconv_zoo import FDConv
 
     official = tmp_path / "FDConv.py"
@@ -261,7 +294,10 @@ def test_dense_official_layers_replace_every_fdconv_layer(bench_dense, tmp_path)
     official_cls = sys.modules["_common"].load_official_fdconv(official)
     model = timm.create_model("resnet18_fdconv", features_only=True, **json.loads(TINY_RESNET) | {"num_classes": 0})
     ours = {n: m for n, m in model.named_modules() if isinstance(m, FDConv) and m.use_fdconv}
-    swapped = bench_dense.with_official_layers(timm.create_model("resnet18_fdconv", features_only=True, **json.loads(TINY_RESNET) | {"num_classes": 0}), official_cls)
+    swapped = bench_dense.with_official_layers(
+        timm.create_model("resnet18_fdconv", features_only=True, **json.loads(TINY_RESNET) | {"num_classes": 0}),
+        official_cls,
+    )
     assert ours and all(type(swapped.get_submodule(n)) is official_cls for n in ours)
     with pytest.raises(ValueError, match="token layout"):  # as Swin's and MiT's (nn.Linear) FDConv layers
         bench_dense.with_official_layers(torch.nn.Sequential(FDConv(32, 32, 1, token_layout=True)), official_cls)
@@ -271,7 +307,11 @@ def test_dense_settings_and_bad_arguments(bench_dense, capsys):
     setting = bench_dense.Setting.parse("resnet50:800x1333:1")
     assert (setting.height, setting.width, setting.batch, setting.classifier) == (800, 1333, 1, False)
     assert bench_dense.Setting.parse("resnet50:224x224:8:classifier").spec == "resnet50:224x224:8:classifier"
-    for bad in (["--settings", "resnet50:512:2"], ["--settings", "resnet50:512x512:0"], ["--settings", "vgg16:64x64:1"]):
+    for bad in (
+        ["--settings", "resnet50:512:2"],
+        ["--settings", "resnet50:512x512:0"],
+        ["--settings", "vgg16:64x64:1"],
+    ):
         with pytest.raises(SystemExit):
             bench_dense.main(bad)
     err = capsys.readouterr().err
@@ -291,23 +331,43 @@ def test_profile_dense_times_every_part_and_restores_the_layer(profile_dense, ca
     ms = profile_dense.eval_attribution(profile_dense.Setting("resnet18", 64, 64, 2), repeats=1)
     for label, _, _ in profile_dense.EVAL_PARTS:  # each wrapped callable is the one the layer really calls
         assert ms[label] > 0, label
-    assert ms["total"] > sum(v for k, v in ms.items() if k not in ("total", "base", "fdconv", profile_dense._OUTSIDE, profile_dense._REST, profile_dense.INVERSE_FFT))
+    assert ms["total"] > sum(
+        v
+        for k, v in ms.items()
+        if k not in ("total", "base", "fdconv", profile_dense._OUTSIDE, profile_dense._REST, profile_dense.INVERSE_FFT)
+    )
     assert ms["base"] > 0 and ms["fdconv"] > 0  # the untimed backbone and the base model, round-robin
     assert 0 < ms[profile_dense.INVERSE_FFT] < ms[profile_dense.EVAL_PARTS[1][0]]  # timed inside the weight images
     assert all(getattr(owner, attr) is fn for (owner, attr), fn in originals.items())
     profile_dense.main(["--setting", "resnet18:64x64:2", "--repeats", "1", "--threads", "1", "--markdown"])
     text = capsys.readouterr().out
-    for label in [p[0] for p in profile_dense.EVAL_PARTS] + [a[0] for a in profile_dense.ABLATIONS] + ["base", "full FDConv", "FDConv backbone, untimed, round-robin"]:
+    for label in (
+        [p[0] for p in profile_dense.EVAL_PARTS]
+        + [a[0] for a in profile_dense.ABLATIONS]
+        + ["base", "full FDConv", "FDConv backbone, untimed, round-robin"]
+    ):
         assert f"| {label}" in text, label
 
 
 def test_profile_dense_budget_sets_fdconv_against_the_eval_target(profile_dense):
     ms = {label: 10.0 for label, _, _ in profile_dense.EVAL_PARTS}
-    ms |= {profile_dense._REST: 5.0, profile_dense._OUTSIDE: 30.0, profile_dense.INVERSE_FFT: 4.0, "base": 100.0, "fdconv": 160.0}
-    rows = {label: (float(v), ratio) for label, v, ratio in profile_dense.eval_budget(profile_dense.Setting("resnet50", 512, 512, 2), ms)}
+    ms |= {
+        profile_dense._REST: 5.0,
+        profile_dense._OUTSIDE: 30.0,
+        profile_dense.INVERSE_FFT: 4.0,
+        "base": 100.0,
+        "fdconv": 160.0,
+    }
+    rows = {
+        label: (float(v), ratio)
+        for label, v, ratio in profile_dense.eval_budget(profile_dense.Setting("resnet50", 512, 512, 2), ms)
+    }
     assert rows["allowed over the base model (eval <= 1.5x)"] == (50.0, "0.50x")
     assert rows["FDConv backbone over the base model (untimed, round-robin)"] == (60.0, "0.60x")
-    assert rows["FDConv's own parts (all parts but the per-sample convolution)"] == (55.0, "0.55x")  # five parts and the rest
+    assert rows["FDConv's own parts (all parts but the per-sample convolution)"] == (
+        55.0,
+        "0.55x",
+    )  # five parts and the rest
     assert rows["of which the inverse FFT (irfft2)"] == (4.0, "0.04x")
     assert rows["per-sample convolution and everything outside FDConv, over the base model"] == (-60.0, "-0.60x")
     assert profile_dense.eval_budget(profile_dense.Setting("resnet18", 64, 64, 2), ms) is None  # no target there
@@ -319,8 +379,15 @@ def test_profile_dense_training_rounds_take_the_official_backbone_and_memory(pro
     official = tmp_path / "FDConv.py"
     official.write_text(FAKE_OFFICIAL)
     official_cls = sys.modules["_common"].load_official_fdconv(official)
-    variants = profile_dense.training_ablations(profile_dense.Setting("resnet18", 64, 64, 2), repeats=1, official_cls=official_cls)
-    assert list(variants) == ["base", "full FDConv", *(label for label, _ in profile_dense.ABLATIONS), profile_dense.OFFICIAL]
+    variants = profile_dense.training_ablations(
+        profile_dense.Setting("resnet18", 64, 64, 2), repeats=1, official_cls=official_cls
+    )
+    assert list(variants) == [
+        "base",
+        "full FDConv",
+        *(label for label, _ in profile_dense.ABLATIONS),
+        profile_dense.OFFICIAL,
+    ]
     assert all(v["ms"] > 0 and v["mib"] > 0 for v in variants.values())
     # the deep layers' weights, kept for backward instead of recomputed, are the memory the default saves
     assert variants[profile_dense._KEPT]["mib"] > variants["full FDConv"]["mib"] + 1.0
@@ -329,7 +396,9 @@ def test_profile_dense_training_rounds_take_the_official_backbone_and_memory(pro
     full = next(r for r in rows if r[0] == "full FDConv")
     assert full[-1] == f"{variants[profile_dense.OFFICIAL]['ms'] / variants['full FDConv']['ms']:.2f}x"
     assert full[-2] == f"{variants['full FDConv']['mib'] / variants['base']['mib']:.2f}x"
-    assert profile_dense.official_training_budget(profile_dense.Setting("resnet18", 64, 64, 2), variants) is None  # no target
+    assert (
+        profile_dense.official_training_budget(profile_dense.Setting("resnet18", 64, 64, 2), variants) is None
+    )  # no target
 
 
 def test_profile_dense_budget_sets_the_training_step_against_the_official_target(profile_dense):
@@ -340,7 +409,9 @@ def test_profile_dense_budget_sets_the_training_step_against_the_official_target
         profile_dense.OFFICIAL: {"ms": 3230.0, "mib": 400.0},
     }
     setting = profile_dense.Setting("resnet50", 512, 512, 2)
-    rows = {label: (float(ms), memory) for label, ms, memory in profile_dense.official_training_budget(setting, variants)}
+    rows = {
+        label: (float(ms), memory) for label, ms, memory in profile_dense.official_training_budget(setting, variants)
+    }
     assert rows["official layers' training step"] == (3230.0, "4.00x")
     assert rows["allowed for the FDConv backbone (official / FDConv >= 1.7x)"] == (1900.0, "<= 1.5x")
     assert rows["full FDConv backbone over the allowance"] == (100.0, "1.45x")
@@ -396,7 +467,9 @@ def test_gemm_backend_switch_reaches_the_planner(convolution):
 
 def test_gemm_backend_backbone_rows(capsys):
     bench_gemm = _load("bench_gemm_backend")
-    out = bench_gemm.main(["--shapes", "1x8x16x16", "--repeats", "1", "--threads", "1", "--backbone", "resnet18:64x64:2", "--markdown"])
+    out = bench_gemm.main(
+        ["--shapes", "1x8x16x16", "--repeats", "1", "--threads", "1", "--backbone", "resnet18:64x64:2", "--markdown"]
+    )
     assert fdconv_module.plan_execution is plan_execution
     assert set(out["backbone"]) == {"eval", "train"}
     for times in out["backbone"].values():
@@ -404,4 +477,6 @@ def test_gemm_backend_backbone_rows(capsys):
     line = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| train"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     train = out["backbone"]["train"]
-    assert cells[3] == f"{train['conv'] / train['matmul']:.2f}x" and cells[4] == f"{train['matmul'] / train['base']:.2f}x"
+    assert (
+        cells[3] == f"{train['conv'] / train['matmul']:.2f}x" and cells[4] == f"{train['matmul'] / train['base']:.2f}x"
+    )

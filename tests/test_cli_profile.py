@@ -51,12 +51,22 @@ def test_profile_table_columns_and_values(caplog):
         base(torch.zeros(2, 3, 48, 40))
     fd_flops = fdconv_zoo.count_flops(fdconv, (3, 48, 40), batch_size=2)
     n_base, n_fd = fdconv_zoo.count_parameters(base), fdconv_zoo.count_parameters(fdconv)
-    assert rows["resnet18"] == [f"{n_base / 1e6:.2f}", f"{counter.get_total_flops() / 1e9:.3f}", f"{counter.get_total_flops() / 2e9:.3f}"]
+    assert rows["resnet18"] == [
+        f"{n_base / 1e6:.2f}",
+        f"{counter.get_total_flops() / 1e9:.3f}",
+        f"{counter.get_total_flops() / 2e9:.3f}",
+    ]
     assert rows["resnet18_fdconv"] == [f"{n_fd / 1e6:.2f}", f"{fd_flops.gflops:.3f}", f"{fd_flops.gmacs:.3f}"]
     assert rows["difference"][0] == f"{(n_fd - n_base) / 1e6:+.2f}"
     assert rows["difference"][1] == f"{fd_flops.gflops - counter.get_total_flops() / 1e9:+.3f}"
     assert "resnet18_fdconv GFLOPs by part:" in text
-    for label in ("FDW weight generation", "KSM attentions", "FBM band split", "the convolution itself", "the rest of the model"):
+    for label in (
+        "FDW weight generation",
+        "KSM attentions",
+        "FBM band split",
+        "the convolution itself",
+        "the rest of the model",
+    ):
         assert label in text
 
 

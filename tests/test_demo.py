@@ -8,9 +8,9 @@ import re
 import pytest
 import timm
 import torch
+from fdconv_testing import randomize_norms
 
 import fdconv_zoo
-from fdconv_testing import randomize_norms
 from fdconv_zoo.cli import main
 from fdconv_zoo.demo import DEMO_MODEL_KWARGS, check_converted, convert_plain_checkpoint, held_out_digits
 
@@ -49,6 +49,12 @@ def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, caplog):
         assert line in text
     assert re.search(r"\s0\s+held-out images on which the two models predict different classes", text)
     (run_dir,) = tmp_path.iterdir()
-    assert {p.name for p in run_dir.iterdir()} == {"pretrained-resnet18", "resnet18_fdconv", "resnet18", "figures", "resnet18_fdconv.onnx"}
+    assert {p.name for p in run_dir.iterdir()} == {
+        "pretrained-resnet18",
+        "resnet18_fdconv",
+        "resnet18",
+        "figures",
+        "resnet18_fdconv.onnx",
+    }
     fine_tuned = timm.create_model(f"local-dir:{run_dir / 'resnet18_fdconv' / 'model'}", pretrained=True)
     assert any(isinstance(m, fdconv_zoo.FDConv) for m in fine_tuned.modules())

@@ -13,19 +13,29 @@ pytest.importorskip("onnxscript")
 
 import onnxruntime as ort  # noqa: E402
 import timm  # noqa: E402
+from fdconv_testing import perturb_attention, relative_error  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import fdconv_zoo  # noqa: E402,F401  (registers the FDConv models)
-from fdconv_testing import perturb_attention, relative_error  # noqa: E402
 from fdconv_zoo.cli import main  # noqa: E402
 from fdconv_zoo.export import load_state_dict_file, load_timm_model  # noqa: E402
 from fdconv_zoo.layers.inverse_fft import _dft_split, inverse_weight_spectrum, irfft2_matmul  # noqa: E402
 
-TINY_ARGS = ["--model-arg", "layers=[1,1,1,1]", "--model-arg", "channels=[32,64,96,128]", "--model-arg", "num_classes=10"]
+TINY_ARGS = [
+    "--model-arg",
+    "layers=[1,1,1,1]",
+    "--model-arg",
+    "channels=[32,64,96,128]",
+    "--model-arg",
+    "num_classes=10",
+]
 
 
 # (rows, cols): dense sizes, two-stage (Cooley-Tukey) sizes on either axis, odd and even, a prime above the dense limit.
-@pytest.mark.parametrize("rows, cols", [(1, 1), (3, 4), (5, 7), (64, 64), (65, 66), (66, 65), (192, 192), (130, 97), (97, 130), (768, 256), (40, 2048)])
+@pytest.mark.parametrize(
+    "rows, cols",
+    [(1, 1), (3, 4), (5, 7), (64, 64), (65, 66), (66, 65), (192, 192), (130, 97), (97, 130), (768, 256), (40, 2048)],
+)
 def test_irfft2_matmul_matches_torch_fft(rows: int, cols: int) -> None:
     """Non-Hermitian input on purpose: the matrix form must read the zero/Nyquist columns as torch's CPU irfft2 does."""
     gen = torch.Generator().manual_seed(rows * 1000 + cols)
@@ -54,7 +64,13 @@ def test_inverse_weight_spectrum_exports_without_fft() -> None:
     assert relative_error(program.module()(other), inverse_weight_spectrum(other.clone(), 66)) < 1e-13
 
 
-@pytest.mark.parametrize("shape", [dict(in_channels=40, out_channels=72, kernel_size=3, padding=1), dict(in_channels=130, out_channels=66, kernel_size=1)])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(in_channels=40, out_channels=72, kernel_size=3, padding=1),
+        dict(in_channels=130, out_channels=66, kernel_size=1),
+    ],
+)
 def test_fdconv_export_branches_match_eager(monkeypatch, shape) -> None:
     """Every export-only formulation of a whole layer at once (float64, active attentions), without the exporter."""
     from fdconv_zoo import FDConv
@@ -80,7 +96,17 @@ def test_export_onnx_cli_tiny_resnet(tmp_path, caplog) -> None:
     checkpoint = tmp_path / "tiny.safetensors"
     save_file(model.state_dict(), str(checkpoint))
     out = tmp_path / "tiny.onnx"
-    argv = ["export-onnx", "resnet18_fdconv", "--checkpoint", str(checkpoint), "--out", str(out), "--image-size", "64", *TINY_ARGS]
+    argv = [
+        "export-onnx",
+        "resnet18_fdconv",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--image-size",
+        "64",
+        *TINY_ARGS,
+    ]
     with caplog.at_level(logging.INFO, logger="fdconv_zoo"):
         assert main(argv) == 0
     assert "max relative error" in caplog.text
@@ -149,7 +175,9 @@ def test_load_timm_model_sources(tmp_path) -> None:
     with pytest.raises(ValueError, match="pretrained tags of resnet18_fdconv"):
         load_timm_model("resnet18_fdconv.no_such_tag")
     with pytest.raises(ValueError, match="num_classes"):  # a 10-class checkpoint into the default 1000-class head
-        load_timm_model("resnet18_fdconv", tmp_path / "plain.safetensors", layers=(1, 1, 1, 1), channels=(32, 64, 96, 128))
+        load_timm_model(
+            "resnet18_fdconv", tmp_path / "plain.safetensors", layers=(1, 1, 1, 1), channels=(32, 64, 96, 128)
+        )
 
 
 @pytest.mark.slow

@@ -9,13 +9,18 @@ import timm
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
+from fdconv_testing import relative_error
 from huggingface_hub import ModelCard
 from PIL import Image
 
 import fdconv_zoo  # noqa: F401
-from fdconv_testing import relative_error
 from fdconv_zoo.cli import main
-from fdconv_zoo.finetune import FinetuneInputError, finetune_classification, load_image_classification_dataset, to_model_image
+from fdconv_zoo.finetune import (
+    FinetuneInputError,
+    finetune_classification,
+    load_image_classification_dataset,
+    to_model_image,
+)
 from fdconv_zoo.finetune.classification import _image_transforms
 
 TINY = dict(layers=(1, 1, 1, 1), channels=(32, 64, 96, 128))
@@ -36,7 +41,9 @@ def test_digits_dataset_is_built_in_and_split():
 def test_fdconv_finetune_learns_and_saves_a_loadable_model(tmp_path):
     from transformers import AutoModelForImageClassification
 
-    result = finetune_classification("resnet18_fdconv", "digits", tmp_path, epochs=1, learning_rate=2e-3, image_size=32, model_kwargs=TINY)
+    result = finetune_classification(
+        "resnet18_fdconv", "digits", tmp_path, epochs=1, learning_rate=2e-3, image_size=32, model_kwargs=TINY
+    )
     assert result.accuracy > 0.5  # 10 classes: chance is 0.1
     folder = result.saved_to
     config = json.loads((folder / "config.json").read_text())
@@ -62,21 +69,43 @@ def test_interrupted_finetune_resumes_from_its_last_checkpoint(tmp_path, caplog)
         finetune_classification("resnet18", "digits", tmp_path, epochs=2, image_size=32, model_kwargs=TINY)
     finetune_classification("resnet18", "digits", tmp_path, epochs=2, image_size=32, model_kwargs=TINY, overwrite=True)
     assert "resuming from the last checkpoint" in caplog.text
-    state = json.loads((tmp_path / "checkpoints" / f"checkpoint-{2 * steps_per_epoch}" / "trainer_state.json").read_text())
+    state = json.loads(
+        (tmp_path / "checkpoints" / f"checkpoint-{2 * steps_per_epoch}" / "trainer_state.json").read_text()
+    )
     train_logs = [e for e in state["log_history"] if "loss" in e]
     assert [e["epoch"] for e in train_logs] == [1.0, 2.0]  # epoch 1 logged by the first run, epoch 2 by the resumed one
 
 
 def test_cli_finetune_classification(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    code = main([
-        "finetune-classification", "--model", "resnet18", "--dataset", "digits", "--output-dir", str(tmp_path),
-        "--epochs", "1", "--image-size", "32", "--model-arg", "layers=[1,1,1,1]", "--model-arg", "channels=[32,64,96,128]",
-    ])
+    code = main(
+        [
+            "finetune-classification",
+            "--model",
+            "resnet18",
+            "--dataset",
+            "digits",
+            "--output-dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--model-arg",
+            "layers=[1,1,1,1]",
+            "--model-arg",
+            "channels=[32,64,96,128]",
+        ]
+    )
     assert code == 0 and "accuracy" in caplog.text and (tmp_path / "model" / "model.safetensors").is_file()
-    assert "metric" in caplog.text and "train loss" in caplog.text and "held-out images" in caplog.text  # the final table
+    assert (
+        "metric" in caplog.text and "train loss" in caplog.text and "held-out images" in caplog.text
+    )  # the final table
     caplog.clear()
-    assert main(["finetune-classification", "--model", "resnet18", "--dataset", "digits", "--output-dir", str(tmp_path)]) == 2
+    assert (
+        main(["finetune-classification", "--model", "resnet18", "--dataset", "digits", "--output-dir", str(tmp_path)])
+        == 2
+    )
     assert "already holds a fine-tuned model; pass --overwrite" in caplog.text  # before training, without a traceback
 
 
@@ -93,12 +122,16 @@ def test_unknown_model_lists_the_fdconv_models(tmp_path):
 
 
 def test_unknown_pretrained_tag_lists_the_tags(tmp_path):
-    with pytest.raises(FinetuneInputError, match=r"unknown pretrained tag 'resnet18_fdconv.in22k'.*resnet18_fdconv.tv_in1k"):
+    with pytest.raises(
+        FinetuneInputError, match=r"unknown pretrained tag 'resnet18_fdconv.in22k'.*resnet18_fdconv.tv_in1k"
+    ):
         finetune_classification("resnet18_fdconv.in22k", "digits", tmp_path, epochs=1)
 
 
 def test_unknown_dataset_names_the_accepted_forms(tmp_path):
-    with pytest.raises(FinetuneInputError, match=r"cannot load dataset 'nobody/no-such-dataset'.*save_to_disk.*sub-folder per class"):
+    with pytest.raises(
+        FinetuneInputError, match=r"cannot load dataset 'nobody/no-such-dataset'.*save_to_disk.*sub-folder per class"
+    ):
         load_image_classification_dataset("nobody/no-such-dataset")
 
 
@@ -107,7 +140,9 @@ def test_labels_outside_the_classes_are_refused_before_training(tmp_path):
     # ClassLabel checks labels when examples are encoded, not when a column is cast: 5 gets through, as does -1.
     data = Dataset.from_dict({"image": colour_images(8), "label": [0, 1, 5, 0, 1, 0, 1, -1]}).cast(features)
     data.save_to_disk(tmp_path / "data")
-    with pytest.raises(FinetuneInputError, match=r"'train' split .* has 2 of 8 labels outside 0\.\.1 .*\[-1, 5\].*dataset\.filter"):
+    with pytest.raises(
+        FinetuneInputError, match=r"'train' split .* has 2 of 8 labels outside 0\.\.1 .*\[-1, 5\].*dataset\.filter"
+    ):
         finetune_classification("resnet18", str(tmp_path / "data"), tmp_path / "out", model_kwargs=TINY)
     assert not (tmp_path / "out").exists()
 
@@ -116,7 +151,9 @@ def test_unlabelled_test_split_is_not_used_for_evaluation(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b"])})
     train = Dataset.from_dict({"image": colour_images(10), "label": [0, 1] * 5}, features=features)
-    test = Dataset.from_dict({"image": colour_images(4), "label": [-1] * 4}, features=features)  # a Hub-style unlabelled test split
+    test = Dataset.from_dict(
+        {"image": colour_images(4), "label": [-1] * 4}, features=features
+    )  # a Hub-style unlabelled test split
     DatasetDict(train=train, test=test).save_to_disk(tmp_path)
     data = load_image_classification_dataset(str(tmp_path), test_size=0.2)
     assert (len(data["train"]), len(data["test"])) == (8, 2) and "is unlabelled" in caplog.text
@@ -133,8 +170,12 @@ def test_images_of_any_mode_become_the_models_channels():
     assert to_model_image(torch.tensor(array).permute(2, 0, 1), 3).tobytes() == rgb.tobytes()  # (C, H, W)
     assert to_model_image(array.astype(np.float32) / 255, 3).tobytes() == rgb.tobytes()  # floats in 0-1
     assert to_model_image(np.asarray(gray)[..., None], 3).tobytes() == gray.convert("RGB").tobytes()  # (H, W, 1)
-    assert to_model_image(np.asarray(gray).tolist(), 3).tobytes() == gray.convert("RGB").tobytes()  # nested lists (datasets)
-    with pytest.raises(FinetuneInputError, match=r"shape \(8, 8, 2\) has no image layout .* convert the dataset's images to RGB"):
+    assert (
+        to_model_image(np.asarray(gray).tolist(), 3).tobytes() == gray.convert("RGB").tobytes()
+    )  # nested lists (datasets)
+    with pytest.raises(
+        FinetuneInputError, match=r"shape \(8, 8, 2\) has no image layout .* convert the dataset's images to RGB"
+    ):
         to_model_image(np.zeros((8, 8, 2), np.uint8), 3)
     with pytest.raises(FinetuneInputError, match="shape \\(5, 8, 8\\)"):
         to_model_image(np.zeros((5, 8, 8), np.uint8), 3)
@@ -165,7 +206,17 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path):
     with socket.socket() as s:  # a free port: a fixed one collides with any other run on the machine
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(worker), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(worker),
+        str(tmp_path),
+    ]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")

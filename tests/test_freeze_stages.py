@@ -32,9 +32,14 @@ def resnet_models() -> dict[str, nn.Module]:
     models = {
         "timm": timm.create_model("resnet18_fdconv"),
         "timm_features": timm.create_model("resnet18_fdconv", features_only=True),
-        "transformers": FDConvResNetBackbone(FDConvResNetConfig(
-            layer_type="basic", depths=[1, 1, 1, 1], hidden_sizes=[64, 128, 256, 512], out_features=["stage4"],
-        )),
+        "transformers": FDConvResNetBackbone(
+            FDConvResNetConfig(
+                layer_type="basic",
+                depths=[1, 1, 1, 1],
+                hidden_sizes=[64, 128, 256, 512],
+                out_features=["stage4"],
+            )
+        ),
     }
     return {kind: randomize_norms(perturb_attention(model)) for kind, model in models.items()}
 
@@ -42,7 +47,9 @@ def resnet_models() -> dict[str, nn.Module]:
 def train_step(model: nn.Module) -> None:
     model.train()
     out = model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
-    tensor = out if isinstance(out, torch.Tensor) else (out[-1] if isinstance(out, (list, tuple)) else out.feature_maps[-1])
+    tensor = (
+        out if isinstance(out, torch.Tensor) else (out[-1] if isinstance(out, (list, tuple)) else out.feature_maps[-1])
+    )
     tensor.square().mean().backward()
 
 
@@ -106,10 +113,14 @@ def test_setting_survives_copy_and_pickle_and_can_be_undone(resnets):
 
 
 def test_transformers_swin_and_timm_convnext_stages():
-    swin = FDConvSwinModel(FDConvSwinConfig(embed_dim=32, depths=[1, 1], num_heads=[1, 2], image_size=64, window_size=4))
+    swin = FDConvSwinModel(
+        FDConvSwinConfig(embed_dim=32, depths=[1, 1], num_heads=[1, 2], image_size=64, window_size=4)
+    )
     freeze_stages(swin, 1)
     assert all(not p.requires_grad for p in swin.embeddings.parameters())
-    assert {any(k in n for k in ATTENTION) for n, p in swin.encoder.layers[0].named_parameters() if p.requires_grad} == {True}
+    assert {
+        any(k in n for k in ATTENTION) for n, p in swin.encoder.layers[0].named_parameters() if p.requires_grad
+    } == {True}
     assert all(p.requires_grad for p in swin.encoder.layers[1].parameters())
     convnext = timm.create_model("convnext_atto_fdconv")
     stem, stages = backbone_stages(convnext)

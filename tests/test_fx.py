@@ -57,7 +57,9 @@ def test_timm_create_feature_extractor_trains():
 
 def test_torchvision_feature_extractor_with_fdconv_leaf():
     model = timm.create_model("resnet18_fdconv").eval()
-    extractor = torchvision_feature_extractor(model, ["layer3", "layer4"], tracer_kwargs={"leaf_modules": [FDConv]}).eval()
+    extractor = torchvision_feature_extractor(
+        model, ["layer3", "layer4"], tracer_kwargs={"leaf_modules": [FDConv]}
+    ).eval()
     x = images()
     with torch.no_grad():
         torch.testing.assert_close(extractor(x)["layer4"], model.forward_features(x), rtol=0, atol=0)

@@ -16,6 +16,7 @@ import httpx2 as httpx  # huggingface_hub 2.x HTTP client
 import pytest
 import timm
 import torch
+from fdconv_testing import randomize_norms, relative_error
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.hf_api import RepoFile
@@ -25,7 +26,6 @@ from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 import fdconv_zoo  # noqa: F401
-from fdconv_testing import randomize_norms, relative_error
 from hub_scripts.publish import main
 from hub_scripts.staging import load_source_state_dict
 from hub_scripts.upload import upload_folder_if_changed
@@ -53,17 +53,23 @@ class RecordingApi:
         return [files[p] for p in paths if p in files]
 
     def create_commit(self, repo_id, operations, commit_message, revision=None, **kwargs):
-        self.calls.append(("create_commit", repo_id, sorted(op.path_in_repo for op in operations), commit_message, revision))
+        self.calls.append(
+            ("create_commit", repo_id, sorted(op.path_in_repo for op in operations), commit_message, revision)
+        )
         if self.fail_commit:
             request = httpx.Request("POST", f"https://huggingface.co/api/models/{repo_id}/commit/main")
-            raise HfHubHTTPError("503 Service Unavailable (simulated interruption)", response=httpx.Response(503, request=request))
+            raise HfHubHTTPError(
+                "503 Service Unavailable (simulated interruption)", response=httpx.Response(503, request=request)
+            )
         for op in operations:
             data = Path(op.path_or_fileobj).read_bytes()
             lfs = None
             if op.path_in_repo.endswith(".safetensors"):
                 with open(op.path_or_fileobj, "rb") as f:
                     lfs = {"size": len(data), "oid": sha_fileobj(f).hex(), "pointerSize": 134}
-            self.remote.setdefault(repo_id, {})[op.path_in_repo] = RepoFile(path=op.path_in_repo, size=len(data), oid=git_hash(data), lfs=lfs)
+            self.remote.setdefault(repo_id, {})[op.path_in_repo] = RepoFile(
+                path=op.path_in_repo, size=len(data), oid=git_hash(data), lfs=lfs
+            )
         return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0123abcd")
 
     def create_collection(self, title, namespace=None, **kwargs):
@@ -117,7 +123,9 @@ def test_publish_stages_the_expected_files(published):
 def test_staged_folder_loads_in_timm_and_transformers(published, hub_repo):
     repo_id = f"{ORG}/{VARIANT}"
     hub_repo(repo_id, {p.name: p for p in published.folder.iterdir()})
-    source = timm.create_model("resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(published.source))).eval()
+    source = timm.create_model(
+        "resnet18", pretrained=True, pretrained_cfg_overlay=dict(file=str(published.source))
+    ).eval()
     model = timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
@@ -139,7 +147,15 @@ def test_card_parses_and_carries_the_metadata(published):
     meta = json.loads(json.dumps(data))  # plain YAML types only
     assert meta == data
     text = card.text
-    for section in ("## Verification", "## Usage", "import fdconv_zoo", f"hf-hub:{ORG}/{VARIANT}", "## Citation", "@inproceedings{chen2025fdconv", "## License"):
+    for section in (
+        "## Verification",
+        "## Usage",
+        "import fdconv_zoo",
+        f"hf-hub:{ORG}/{VARIANT}",
+        "## Citation",
+        "@inproceedings{chen2025fdconv",
+        "## License",
+    ):
         assert section in text
     assert "maximum relative error of" in text and "GFLOPs at 224x224" in text
 
@@ -147,7 +163,11 @@ def test_card_parses_and_carries_the_metadata(published):
 def test_card_cost_matches_flop_counter_mode(published):
     """The card's source GFLOPs are torch's FlopCounterMode total on the plain model; the FDConv figure is
     fdconv_zoo.count_flops, whose non-FDConv part is the same source count."""
-    row = next(line for line in ModelCard.load(published.folder / "README.md").text.splitlines() if line.startswith("| GFLOPs at"))
+    row = next(
+        line
+        for line in ModelCard.load(published.folder / "README.md").text.splitlines()
+        if line.startswith("| GFLOPs at")
+    )
     source_gflops, fdconv_gflops = (float(cell.split()[0]) for cell in row.strip("|").split("|")[1:3])
     source = timm.create_model("resnet18").eval()
     counter = FlopCounterMode(display=False)
@@ -162,11 +182,23 @@ def test_card_cost_matches_flop_counter_mode(published):
 def test_upload_is_one_commit_then_collection(published):
     api = published.api
     repo_id = f"{ORG}/{VARIANT}"
-    assert api.named("create_repo") == [("create_repo", repo_id, {"repo_type": "model", "private": False, "exist_ok": True})]
+    assert api.named("create_repo") == [
+        ("create_repo", repo_id, {"repo_type": "model", "private": False, "exist_ok": True})
+    ]
     commits = api.named("create_commit")
-    assert commits == [("create_commit", repo_id, ["README.md", "config.json", "model.safetensors"], "Upload FDConv weights converted by fdconv-zoo", None)]
+    assert commits == [
+        (
+            "create_commit",
+            repo_id,
+            ["README.md", "config.json", "model.safetensors"],
+            "Upload FDConv weights converted by fdconv-zoo",
+            None,
+        )
+    ]
     assert api.named("create_collection") == [("create_collection", "FDConv zoo", ORG, True)]
-    assert api.named("add_collection_item") == [("add_collection_item", f"{ORG}/fdconv-zoo-0123", repo_id, "model", True)]
+    assert api.named("add_collection_item") == [
+        ("add_collection_item", f"{ORG}/fdconv-zoo-0123", repo_id, "model", True)
+    ]
 
 
 def test_rerun_uploads_only_what_changed(published, tmp_path):
@@ -196,7 +228,20 @@ def test_failed_upload_is_reported(published, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     api = RecordingApi(fail_commit=True)
     out = tmp_path / "out"
-    code = main([VARIANT, "--org", ORG, "--source-checkpoint", str(published.source), "--out", str(out), "--max-rel-error", "1e-4"], api=api)
+    code = main(
+        [
+            VARIANT,
+            "--org",
+            ORG,
+            "--source-checkpoint",
+            str(published.source),
+            "--out",
+            str(out),
+            "--max-rel-error",
+            "1e-4",
+        ],
+        api=api,
+    )
     assert code == 1
     assert "FAILED upload" in caplog.text
     assert api.named("create_collection") == []
@@ -206,14 +251,32 @@ def test_failed_upload_is_reported(published, tmp_path, caplog):
 def test_unknown_variant_lists_the_valid_ones(tmp_path, caplog):
     assert main(["resnet50_fdconv.nope", "--org", ORG, "--out", str(tmp_path / "o"), "--dry-run"]) == 2
     out = caplog.text
-    assert "unknown variant 'resnet50_fdconv.nope'" in out and "resnet50_fdconv.tv_in1k" in out and "fdconv-resnet-50" in out
+    assert (
+        "unknown variant 'resnet50_fdconv.nope'" in out
+        and "resnet50_fdconv.tv_in1k" in out
+        and "fdconv-resnet-50" in out
+    )
 
 
 def test_refuses_a_non_empty_out_folder(tmp_path, source_checkpoint, caplog):
     staged = tmp_path / "out" / VARIANT
     staged.mkdir(parents=True)
     (staged / "keep.txt").write_text("user data")
-    assert main([VARIANT, "--org", ORG, "--source-checkpoint", str(source_checkpoint), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert (
+        main(
+            [
+                VARIANT,
+                "--org",
+                ORG,
+                "--source-checkpoint",
+                str(source_checkpoint),
+                "--out",
+                str(tmp_path / "out"),
+                "--dry-run",
+            ]
+        )
+        == 2
+    )
     assert "--overwrite" in caplog.text
     assert (staged / "keep.txt").read_text() == "user data"
 
@@ -223,7 +286,9 @@ def test_checkpoint_of_another_architecture_fails_cleanly(tmp_path, caplog):
     wrong = tmp_path / "resnet34.safetensors"
     save_file(_source_state_dict("resnet34"), wrong)
     api = RecordingApi()
-    assert main([VARIANT, "--org", ORG, "--source-checkpoint", str(wrong), "--out", str(tmp_path / "out")], api=api) == 1
+    assert (
+        main([VARIANT, "--org", ORG, "--source-checkpoint", str(wrong), "--out", str(tmp_path / "out")], api=api) == 1
+    )
     out = caplog.text
     assert "does not fit resnet18.tv_in1k" in out and "FAILED" in out
     assert api.calls == [] and not (tmp_path / "out" / VARIANT).exists()
@@ -231,7 +296,17 @@ def test_checkpoint_of_another_architecture_fails_cleanly(tmp_path, caplog):
 
 def test_failed_verification_stages_and_uploads_nothing(tmp_path, source_checkpoint, caplog):
     api = RecordingApi()
-    args = [VARIANT, "--org", ORG, "--source-checkpoint", str(source_checkpoint), "--out", str(tmp_path / "out"), "--max-rel-error", "1e-12"]
+    args = [
+        VARIANT,
+        "--org",
+        ORG,
+        "--source-checkpoint",
+        str(source_checkpoint),
+        "--out",
+        str(tmp_path / "out"),
+        "--max-rel-error",
+        "1e-12",
+    ]
     assert main(args, api=api) == 1
     assert "differs from its source" in caplog.text
     assert api.calls == []
@@ -252,7 +327,12 @@ def test_legacy_checkpoints_load_with_weights_only(tmp_path):
 # ------------------------------------------------------------------------- transformers-format sources
 def _native_segformer_folder(path: Path, task: str, **config_kwargs) -> Path:
     """A random native SegFormer checkpoint in the Hub's (<= 5.8) key layout, with its image processor."""
-    from transformers import SegformerConfig, SegformerForImageClassification, SegformerForSemanticSegmentation, SegformerImageProcessor
+    from transformers import (
+        SegformerConfig,
+        SegformerForImageClassification,
+        SegformerForSemanticSegmentation,
+        SegformerImageProcessor,
+    )
 
     torch.manual_seed(0)
     config = SegformerConfig(**config_kwargs)
@@ -271,13 +351,28 @@ def test_transformers_variant_stages_a_loadable_folder(tmp_path, hub_repo):
     from transformers import AutoModelForSemanticSegmentation, SegformerForSemanticSegmentation
 
     variant = "fdconv-segformer-b0-finetuned-ade-512-512"
-    tiny = dict(hidden_sizes=[32, 48, 64, 96], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=64, num_labels=5, image_size=64)
+    tiny = dict(
+        hidden_sizes=[32, 48, 64, 96],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 2, 2],
+        decoder_hidden_size=64,
+        num_labels=5,
+        image_size=64,
+    )
     source = _native_segformer_folder(tmp_path / "src", "segmentation", **tiny)
     api = RecordingApi()
-    assert main([variant, "--org", ORG, "--source-checkpoint", str(source), "--out", str(tmp_path / "out"), "--dry-run"], api=api) == 0
+    assert (
+        main(
+            [variant, "--org", ORG, "--source-checkpoint", str(source), "--out", str(tmp_path / "out"), "--dry-run"],
+            api=api,
+        )
+        == 0
+    )
     assert api.calls == []  # dry run: no Hub call at all
     folder = tmp_path / "out" / variant
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
+        p.name for p in folder.iterdir()
+    }
     repo_id = f"{ORG}/{variant}"
     hub_repo(repo_id, {p.name: p for p in folder.iterdir()})
     native = SegformerForSemanticSegmentation.from_pretrained(source).eval()
@@ -288,15 +383,35 @@ def test_transformers_variant_stages_a_loadable_folder(tmp_path, hub_repo):
         assert relative_error(model(pixel_values=x).logits, native(pixel_values=x).logits) <= 1e-4
     data = ModelCard.load(folder / "README.md").data.to_dict()
     assert data["library_name"] == "transformers" and data["pipeline_tag"] == "image-segmentation"
-    assert data["license"] == "other" and data["license_name"] == "nvidia-segformer" and data["datasets"] == ["scene_parse_150"]
+    assert (
+        data["license"] == "other"
+        and data["license_name"] == "nvidia-segformer"
+        and data["datasets"] == ["scene_parse_150"]
+    )
     assert data["base_model"] == "nvidia/segformer-b0-finetuned-ade-512-512"
 
 
 def test_timm_mit_variant_converts_a_transformers_checkpoint(tmp_path, hub_repo):
     """mit_b0_fdconv.in1k's source is nvidia/mit-b0, a transformers checkpoint: verified against the native model."""
-    mit_b0 = dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8], num_labels=1000)
+    mit_b0 = dict(
+        hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8], num_labels=1000
+    )
     source = _native_segformer_folder(tmp_path / "mit-b0", "classification", **mit_b0)
-    assert main(["mit_b0_fdconv.in1k", "--org", ORG, "--source-checkpoint", str(source), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "mit_b0_fdconv.in1k",
+                "--org",
+                ORG,
+                "--source-checkpoint",
+                str(source),
+                "--out",
+                str(tmp_path / "out"),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     folder = tmp_path / "out" / "mit_b0_fdconv.in1k"
     hub_repo(f"{ORG}/mit_b0_fdconv.in1k", {p.name: p for p in folder.iterdir()})
     from transformers import SegformerForImageClassification

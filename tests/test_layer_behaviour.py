@@ -6,11 +6,11 @@ import dataclasses
 import pytest
 import torch
 import torch.nn as nn
+from fdconv_testing import perturb_attention, relative_error
 from safetensors.torch import load_file, save_file
 
 from fdconv_zoo import FDConv
 from fdconv_zoo.layers import plan_execution
-from fdconv_testing import perturb_attention, relative_error
 
 
 def dynamic_layer(*args, seed=0, **kwargs) -> FDConv:
@@ -30,7 +30,9 @@ def test_token_layout_equals_nchw_1x1(cin, cout, hw):
         with torch.no_grad():
             expected = conv(x).permute(0, 2, 3, 1)
             torch.testing.assert_close(tokens(x.permute(0, 2, 3, 1)), expected, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(tokens(x.flatten(2).transpose(1, 2)), expected.flatten(1, 2), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                tokens(x.flatten(2).transpose(1, 2)), expected.flatten(1, 2), rtol=1e-5, atol=1e-5
+            )
     assert relative_error(expected, x.permute(0, 2, 3, 1) @ torch.randn(cin, cout)) > 0.5  # the attentions matter
 
 
@@ -76,7 +78,13 @@ def test_neutral_init_trains_the_heads_first():
 def test_float64_gradcheck():
     torch.manual_seed(0)
     layer = dynamic_layer(18, 20, 3, padding=1, bias=True, kernel_num=4).double().eval()
-    names = ["dft_weight", "KSM_Global.kernel_fc.weight", "KSM_Global.fc.weight", "KSM_Local.conv.weight", "FBM.freq_weight_conv_list.0.weight"]
+    names = [
+        "dft_weight",
+        "KSM_Global.kernel_fc.weight",
+        "KSM_Global.fc.weight",
+        "KSM_Local.conv.weight",
+        "FBM.freq_weight_conv_list.0.weight",
+    ]
     params = {n: p.detach().clone().requires_grad_(True) for n, p in layer.named_parameters() if n in names}
     x = torch.randn(2, 18, 5, 6, dtype=torch.float64, requires_grad=True)
 

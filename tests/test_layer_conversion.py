@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn as nn
+from fdconv_testing import relative_error
 
 from fdconv_zoo import FDConv, conv_weight_to_spectrum, convert_state_dict, spectrum_to_conv_weight
-from fdconv_testing import relative_error
 
 CONVS = [  # (in, out, k, stride, padding, bias, input hw)
     (64, 64, 3, 1, 1, False, (20, 20)),
@@ -94,9 +94,21 @@ def test_matches_official_conversion_scaling():
 
 def test_convert_state_dict_whole_model():
     torch.manual_seed(0)
-    source = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 48, 1))
-    target = nn.Sequential(*(FDConv.from_conv(m, kernel_num=16) if isinstance(m, nn.Conv2d) else m for m in nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 48, 1))))
+    source = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 48, 1)
+    )
+    target = nn.Sequential(
+        *(
+            FDConv.from_conv(m, kernel_num=16) if isinstance(m, nn.Conv2d) else m
+            for m in nn.Sequential(
+                nn.Conv2d(3, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(32, 64, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(64, 48, 1),
+            )
+        )
+    )
     converted = convert_state_dict(source.state_dict(), target)
     assert "0.weight" in converted and "2.dft_weight" in converted and "2.weight" not in converted
     assert "2.KSM_Global.kernel_fc.weight" in converted

@@ -12,8 +12,8 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-
 from fdconv_testing import perturb_attention, relative_error
+
 from fdconv_zoo import FDConv
 from fdconv_zoo.layers import ConvMethod, ExecutionPlan, execution, plan_execution
 from fdconv_zoo.layers.band_modulation import _cached_band_matrices
@@ -36,11 +36,19 @@ def _plans(in_place: bool, pointwise: bool = False) -> list[ExecutionPlan]:
     methods = (ConvMethod.GROUPED, ConvMethod.IM2COL) + ((ConvMethod.POINTWISE,) if pointwise else ())
     return [
         ExecutionPlan(
-            method=method, samples_per_chunk=chunk, recompute=recompute and not in_place, in_place=in_place,
-            fold_attention=fold, fft_reads_hermitian_part=native_edges, recompute_bands=recompute and not in_place,
-            tap_sum_attention=native_edges, reuse_constants=native_edges,  # CPU-eager choices: one more axis would double the plans
+            method=method,
+            samples_per_chunk=chunk,
+            recompute=recompute and not in_place,
+            in_place=in_place,
+            fold_attention=fold,
+            fft_reads_hermitian_part=native_edges,
+            recompute_bands=recompute and not in_place,
+            tap_sum_attention=native_edges,
+            reuse_constants=native_edges,  # CPU-eager choices: one more axis would double the plans
         )
-        for method, chunk, recompute, fold, native_edges in itertools.product(methods, (None, 2), (False, True), (False, True), (False, True))
+        for method, chunk, recompute, fold, native_edges in itertools.product(
+            methods, (None, 2), (False, True), (False, True), (False, True)
+        )
     ]
 
 
@@ -77,7 +85,10 @@ def test_pointwise_layers_run_a_batched_matmul_in_the_input_layout():
     layer = _layer(dict(in_channels=40, out_channels=24, kernel_size=1)).train()
     x = torch.randn(2, 40, 6, 5, dtype=torch.float64)
     assert plan_execution(layer, x).method is ConvMethod.POINTWISE
-    assert plan_execution(_layer(dict(in_channels=40, out_channels=24, kernel_size=1, padding=1)), x).method is not ConvMethod.POINTWISE
+    assert (
+        plan_execution(_layer(dict(in_channels=40, out_channels=24, kernel_size=1, padding=1)), x).method
+        is not ConvMethod.POINTWISE
+    )
     y = layer(x.contiguous(memory_format=torch.channels_last))
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert relative_error(y, layer(x, ExecutionPlan(method=ConvMethod.GROUPED))) < 1e-12
@@ -108,7 +119,13 @@ def test_plan_follows_grad_mode_and_input():
 
 @pytest.mark.parametrize(
     "spatial,groups,kernel,out_channels",
-    [((7, 6), 1, (3, 3), 3), ((7, 6), 4, (3, 3), 12), ((9,), 1, (5,), 3), ((5, 4, 6), 2, (3, 3, 3), 6), ((7, 6), 1, (3, 5), 3)],
+    [
+        ((7, 6), 1, (3, 3), 3),
+        ((7, 6), 4, (3, 3), 12),
+        ((9,), 1, (5,), 3),
+        ((5, 4, 6), 2, (3, 3, 3), 6),
+        ((7, 6), 1, (3, 5), 3),
+    ],
 )
 def test_tap_sum_conv_equals_the_convolution(spatial, groups, kernel, out_channels):
     gen = torch.Generator().manual_seed(0)
@@ -119,7 +136,10 @@ def test_tap_sum_conv_equals_the_convolution(spatial, groups, kernel, out_channe
     expected = conv(x, weight, bias, padding=tuple(k // 2 for k in kernel), groups=groups)
     y = tap_sum_conv(x, weight, bias, groups)
     assert relative_error(y, expected) < 1e-13
-    for got, ref in zip(torch.autograd.grad(y.square().sum(), (x, weight, bias)), torch.autograd.grad(expected.square().sum(), (x, weight, bias))):
+    for got, ref in zip(
+        torch.autograd.grad(y.square().sum(), (x, weight, bias)),
+        torch.autograd.grad(expected.square().sum(), (x, weight, bias)),
+    ):
         assert relative_error(got, ref) < 1e-12
     with pytest.raises(ValueError, match="odd kernel"):
         tap_sum_conv(x, weight[..., :2], bias, groups)
@@ -166,7 +186,10 @@ def test_band_split_runs_on_convolutions_for_large_float32_maps_on_amd_avx512_cp
 def test_convolution_band_gemms_plan_gives_the_same_output_and_gradients(train):
     layer = _layer(CASES[0]).train(train)
     x = torch.randn(2, layer.in_channels, 9, 8, dtype=torch.float64)
-    plans = [ExecutionPlan(method=ConvMethod.GROUPED, in_place=not train, recompute_bands=train, convolution_band_gemms=c) for c in (False, True)]
+    plans = [
+        ExecutionPlan(method=ConvMethod.GROUPED, in_place=not train, recompute_bands=train, convolution_band_gemms=c)
+        for c in (False, True)
+    ]
     with torch.set_grad_enabled(train):
         xs = [x.clone().requires_grad_(train) for _ in plans]
         ys = [layer(xi, plan) for xi, plan in zip(xs, plans)]

@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from fdconv_testing import perturb_attention, relative_error
+
 from fdconv_zoo import FDConv
 from fdconv_zoo.layers import ConvMethod, band_lowpass, band_masks, plan_execution
 from fdconv_zoo.layers.per_sample_conv import per_sample_conv
@@ -48,7 +48,11 @@ SIZES = [(1, 1), (2, 3), (5, 8), (7, 7), (14, 15), (20, 28), (33, 20), (56, 56),
 def test_band_masks_equal_the_official_construction_at_every_size(exact):
     cutoffs = [2, 3, 4, 8, 16]
     sizes = [(h, w) for h in range(1, 140, 3) for w in (*range(1, 40), h, 2 * h + 1, 255, 256)]
-    mismatched = [(h, w) for h, w in sizes if not torch.equal(band_masks(h, w, cutoffs, exact), official_band_masks(h, w, cutoffs, exact))]
+    mismatched = [
+        (h, w)
+        for h, w in sizes
+        if not torch.equal(band_masks(h, w, cutoffs, exact), official_band_masks(h, w, cutoffs, exact))
+    ]
     assert not mismatched, f"{len(mismatched)} sizes differ, e.g. {mismatched[:5]}"
 
 
@@ -126,8 +130,15 @@ def test_per_sample_convolution_formulations_agree(case, batch):
 
 def _plain_conv(layer: FDConv, weight: torch.Tensor) -> nn.Conv2d:
     conv = nn.Conv2d(
-        layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-        bias=False, padding_mode=layer.padding_mode, dtype=weight.dtype,
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        bias=False,
+        padding_mode=layer.padding_mode,
+        dtype=weight.dtype,
     )
     conv.weight.data.copy_(weight)
     return conv
@@ -153,7 +164,15 @@ def official_forward(layer: FDConv, x: torch.Tensor) -> torch.Tensor:
         att = fbm._attention_maps(x)  # (B, n_att, 1, H, W): spatial_group 1
         highs = [x - lows[:, 0]] + [lows[:, j - 1] - lows[:, j] for j in range(1, len(fbm.k_list))]
         x = sum(att[:, j] * high for j, high in enumerate(highs)) + lows[:, -1]
-    y = F.conv2d(x.reshape(1, b * cin, *x.shape[-2:]), weight.reshape(b * cout, cin, k, k), None, layer.stride, layer.padding, layer.dilation, b)
+    y = F.conv2d(
+        x.reshape(1, b * cin, *x.shape[-2:]),
+        weight.reshape(b * cout, cin, k, k),
+        None,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        b,
+    )
     y = y.view(b, cout, *y.shape[-2:])
     return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
 
@@ -323,7 +342,9 @@ def test_per_sample_convolution_method_by_layer_and_context(monkeypatch):
 def test_weights_of_deep_cpu_layers_are_built_a_few_samples_at_a_time(monkeypatch):
     """Inference: chunks of <= 2 MB of weights from 0.5 MB per sample; training: chunks of <= 4 MB once the
     batch's weights pass 8 MB; at least one sample per chunk."""
-    small, c128, c256, c512 = (FDConv(c, c, 3, padding=1) for c in (64, 128, 256, 512))  # 0.15, 0.6, 2.4, 9.4 MB per sample
+    small, c128, c256, c512 = (
+        FDConv(c, c, 3, padding=1) for c in (64, 128, 256, 512)
+    )  # 0.15, 0.6, 2.4, 9.4 MB per sample
 
     def chunk(layer: FDConv, batch: int) -> int | None:
         return plan_execution(layer, torch.randn(batch, layer.in_channels, 1, 1)).samples_per_chunk

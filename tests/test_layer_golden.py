@@ -32,7 +32,9 @@ def load_case(path: Path) -> tuple[dict, dict[str, str], dict[str, torch.Tensor]
 
 def build_layer(config: dict, tensors: dict[str, torch.Tensor]) -> FDConv:
     layer = FDConv(**config)
-    layer.load_state_dict({k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}, strict=True)
+    layer.load_state_dict(
+        {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}, strict=True
+    )
     return layer
 
 
@@ -61,7 +63,9 @@ def test_output_matches_official(path):
 def test_frequency_groups_match_official(path):
     config, _, t = load_case(path)
     k = config["kernel_size"] if isinstance(config["kernel_size"], int) else config["kernel_size"][0]
-    groups = frequency_group_map(config["out_channels"] * k, config["in_channels"] * k, config["kernel_num"] * config["param_ratio"])
+    groups = frequency_group_map(
+        config["out_channels"] * k, config["in_channels"] * k, config["kernel_num"] * config["param_ratio"]
+    )
     assert torch.equal(groups.to(torch.uint8), t["aux.group_id"])
     assert torch.equal(build_layer(config, t).frequency_group, groups)
 
@@ -135,7 +139,15 @@ def test_single_rounding_of_the_squared_distance():
     for x, y, r in zip(a.tolist(), b.tolist(), got.tolist()):
         exact = Fraction(x) + Fraction(y)
         lo = np.float32(float(exact))  # candidate; fix by exact comparison below
-        below, above = (lo, np.nextafter(lo, np.float32(1))) if Fraction(float(lo)) <= exact else (np.nextafter(lo, np.float32(0)), lo)
+        below, above = (
+            (lo, np.nextafter(lo, np.float32(1)))
+            if Fraction(float(lo)) <= exact
+            else (np.nextafter(lo, np.float32(0)), lo)
+        )
         d_below, d_above = exact - Fraction(float(below)), Fraction(float(above)) - exact
-        expected = below if d_below < d_above or (d_below == d_above and int(np.float32(below).view(np.int32)) % 2 == 0) else above
+        expected = (
+            below
+            if d_below < d_above or (d_below == d_above and int(np.float32(below).view(np.int32)) % 2 == 0)
+            else above
+        )
         assert r == float(expected)

@@ -17,11 +17,19 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fdconv_testing import ATTENTION_PARTS, perturb_attention, relative_error
 from safetensors.torch import load_file, save_file
 from torch.func import functional_call
 
-from fdconv_testing import ATTENTION_PARTS, perturb_attention, relative_error
-from fdconv_zoo import FDConv, FDConv1d, FDConv3d, conv_weight_to_spectrum, convert_state_dict, convert_to_fdconv, spectrum_to_conv_weight
+from fdconv_zoo import (
+    FDConv,
+    FDConv1d,
+    FDConv3d,
+    conv_weight_to_spectrum,
+    convert_state_dict,
+    convert_to_fdconv,
+    spectrum_to_conv_weight,
+)
 from fdconv_zoo.layers import ConvMethod, band_lowpass, frequency_group_map, plan_execution
 from fdconv_zoo.layers.band_modulation import _band_lowpass_nd
 from fdconv_zoo.layers.per_sample_conv import per_sample_conv
@@ -36,11 +44,24 @@ LAYERS = [
     (dict(in_channels=24, out_channels=24, kernel_size=3, padding=2, dilation=2, padding_mode="reflect"), (19,)),
     (dict(in_channels=40, out_channels=24, kernel_size=1), (9,)),
     (dict(in_channels=24, out_channels=32, kernel_size=(3, 1), padding=(1, 0)), (11, 7)),
-    (dict(in_channels=32, out_channels=24, kernel_size=(1, 5), padding="same", padding_mode="circular", bias=True), (8, 9)),
+    (
+        dict(in_channels=32, out_channels=24, kernel_size=(1, 5), padding="same", padding_mode="circular", bias=True),
+        (8, 9),
+    ),
     (dict(in_channels=24, out_channels=40, kernel_size=(3, 5), stride=(2, 1), padding=1, dilation=(1, 2)), (10, 13)),
     (dict(in_channels=24, out_channels=32, kernel_size=3, padding=1, bias=True), (5, 6, 7)),
     (dict(in_channels=32, out_channels=24, kernel_size=(3, 1, 1), stride=(1, 2, 2), padding=(1, 0, 0)), (6, 7, 5)),
-    (dict(in_channels=24, out_channels=24, kernel_size=(1, 3, 3), padding=(0, 2, 2), dilation=(1, 2, 2), padding_mode="replicate"), (3, 9, 8)),
+    (
+        dict(
+            in_channels=24,
+            out_channels=24,
+            kernel_size=(1, 3, 3),
+            padding=(0, 2, 2),
+            dilation=(1, 2, 2),
+            padding_mode="replicate",
+        ),
+        (3, 9, 8),
+    ),
     (dict(in_channels=40, out_channels=24, kernel_size=1, stride=2), (5, 6, 5)),
 ]
 LAYER_IDS = [f"{len(size)}d-k{case['kernel_size']}-{i}" for i, (case, size) in enumerate(LAYERS)]
@@ -54,7 +75,13 @@ def _kernel(case: dict, dims: int) -> tuple[int, ...]:
 def build(case: dict, dims: int, **kwargs) -> FDConv:
     """The layer for ``case``, its kernel listed so that non-square kernels become FDConv layers with an FBM."""
     kernel = _kernel(case, dims)
-    return CLASSES[dims](**case, kernel_num=8, use_fdconv_if_k_in=[1, 3, kernel], use_fbm_if_k_in=[3, kernel] if max(kernel) > 1 else [3], **kwargs)
+    return CLASSES[dims](
+        **case,
+        kernel_num=8,
+        use_fdconv_if_k_in=[1, 3, kernel],
+        use_fbm_if_k_in=[3, kernel] if max(kernel) > 1 else [3],
+        **kwargs,
+    )
 
 
 # ------------------------------------------------------------------------------------------- references
@@ -103,7 +130,17 @@ def reference_forward(layer: FDConv, x: torch.Tensor) -> torch.Tensor:
         att = [2 * torch.sigmoid(conv(x)) for conv in fbm.freq_weight_conv_list]  # sigmoid, spatial_group 1
         highs = [x - lows[0]] + [lows[j - 1] - lows[j] for j in range(1, len(lows))]
         x = sum(a * h for a, h in zip(att, highs)) + lows[-1]
-    conv = CONVS[dims](cin, cout, kernel, layer.stride, layer.padding, layer.dilation, bias=False, padding_mode=layer.padding_mode, dtype=x.dtype)
+    conv = CONVS[dims](
+        cin,
+        cout,
+        kernel,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        bias=False,
+        padding_mode=layer.padding_mode,
+        dtype=x.dtype,
+    )
     y = torch.cat([functional_call(conv, {"weight": weight[i]}, (x[i : i + 1],)) for i in range(b)])
     return y if layer.bias is None else y + layer.bias.view(1, -1, *ones)
 
@@ -123,7 +160,9 @@ def test_weight_image_layout(kernel):
         image[o * kernel[0] + u[0], i * math.prod(kernel[1:]) + rest] = weight[(o, i, *u)]
     spectrum = conv_weight_to_spectrum(weight, param_ratio=2)
     assert spectrum.shape == (2, rows, cols // 2 + 1, 2)
-    torch.testing.assert_close(torch.view_as_real(torch.fft.rfft2(image)) / (min(cout, cin) // 2) / 2, spectrum[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        torch.view_as_real(torch.fft.rfft2(image)) / (min(cout, cin) // 2) / 2, spectrum[0], rtol=0, atol=1e-12
+    )
     torch.testing.assert_close(spectrum_to_conv_weight(spectrum, cin, kernel), weight, rtol=0, atol=1e-12)
 
 
@@ -131,21 +170,27 @@ def test_weight_image_layout(kernel):
 def test_state_dict_layout(dims, kernel):
     """dft_weight (P, Cout*k1, Cin*k2*..*kn//2+1, 2), the group map of that image, one logit per kernel element."""
     kernel_t = (kernel,) * dims if isinstance(kernel, int) else kernel
-    layer = CLASSES[dims](32, 40, kernel, kernel_num=8, param_ratio=2, use_fdconv_if_k_in=[kernel_t], use_fbm_if_k_in=[kernel_t])
+    layer = CLASSES[dims](
+        32, 40, kernel, kernel_num=8, param_ratio=2, use_fdconv_if_k_in=[kernel_t], use_fbm_if_k_in=[kernel_t]
+    )
     rows, cols = 40 * kernel_t[0], 32 * math.prod(kernel_t[1:])
     state = layer.state_dict()
     assert state["dft_weight"].shape == (2, rows, cols // 2 + 1, 2)
     assert torch.equal(layer.frequency_group, frequency_group_map(rows, cols, 8))
     assert state["KSM_Local.conv.weight"].shape[0] == 40 * math.prod(kernel_t)
     spatial = state.get("KSM_Global.spatial_fc.weight")
-    assert (spatial is None) == (math.prod(kernel_t) == 1) and (spatial is None or spatial.shape[0] == math.prod(kernel_t))
+    assert (spatial is None) == (math.prod(kernel_t) == 1) and (
+        spatial is None or spatial.shape[0] == math.prod(kernel_t)
+    )
     assert state["FBM.freq_weight_conv_list.0.weight"].dim() == dims + 2
     assert {k.split(".")[0] for k in state} == {"dft_weight", "bias", "KSM_Global", "KSM_Local", "FBM"}
 
 
 # ------------------------------------------------------------------------------- frequency band split
 @pytest.mark.parametrize("exact", [False, True])
-@pytest.mark.parametrize("size", [(1,), (2,), (7,), (16,), (33,), (64,), (100,), (3, 4, 5), (4, 7, 9), (8, 8, 8), (2, 13, 70)])
+@pytest.mark.parametrize(
+    "size", [(1,), (2,), (7,), (16,), (33,), (64,), (100,), (3, 4, 5), (4, 7, 9), (8, 8, 8), (2, 13, 70)]
+)
 def test_band_split_matches_masked_fft(size, exact):
     torch.manual_seed(0)
     x = torch.randn(2, 3, *size, dtype=torch.float64)
@@ -191,10 +236,21 @@ def test_per_sample_convolution_formulations_agree(case, size):
     layer = build(case, dims).double()
     x = torch.randn(3, layer.in_channels, *size, dtype=torch.float64)
     kernel = torch.randn(3, layer.out_channels, layer.in_channels, *layer.kernel_size, dtype=torch.float64)
-    conv = CONVS[dims](layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                       bias=False, padding_mode=layer.padding_mode, dtype=torch.float64)
+    conv = CONVS[dims](
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        bias=False,
+        padding_mode=layer.padding_mode,
+        dtype=torch.float64,
+    )
     expected = torch.cat([functional_call(conv, {"weight": kernel[i]}, (x[i : i + 1],)) for i in range(3)])
-    image = kernel.movedim(2, 3).reshape(3, layer.out_channels, layer.kernel_size[0], layer.in_channels, -1)  # (B, Cout, k1, Cin, rest)
+    image = kernel.movedim(2, 3).reshape(
+        3, layer.out_channels, layer.kernel_size[0], layer.in_channels, -1
+    )  # (B, Cout, k1, Cin, rest)
     for method in (ConvMethod.GROUPED, ConvMethod.IM2COL):
         y = per_sample_conv(x, image, layer, method)
         assert y.shape == expected.shape and (y - expected).abs().max() < 1e-12, method
@@ -244,13 +300,20 @@ def test_training_step_reaches_every_parameter(dims):
 
 
 # ------------------------------------------------------------------------------------------ bad input
-@pytest.mark.parametrize("dims,shape,match", [
-    (1, (2, 32, 8, 8), r"FDConv1d expects an NCL input \(B, 32, L\), got shape \(2, 32, 8, 8\).*use FDConv for 4-D"),
-    (1, (2, 16, 8), r"FDConv1d expects an NCL input \(B, 32, L\), got shape \(2, 16, 8\)"),
-    (2, (2, 32, 8), r"FDConv expects an NCHW input \(B, 32, H, W\).*token_layout=True.*use FDConv1d for 3-D"),
-    (3, (2, 32, 8, 8), r"FDConv3d expects an NCDHW input \(B, 32, D, H, W\).*use FDConv for 4-D"),
-    (3, (2, 16, 4, 4, 4), r"FDConv3d expects an NCDHW input \(B, 32, D, H, W\), got shape \(2, 16, 4, 4, 4\)"),
-])
+@pytest.mark.parametrize(
+    "dims,shape,match",
+    [
+        (
+            1,
+            (2, 32, 8, 8),
+            r"FDConv1d expects an NCL input \(B, 32, L\), got shape \(2, 32, 8, 8\).*use FDConv for 4-D",
+        ),
+        (1, (2, 16, 8), r"FDConv1d expects an NCL input \(B, 32, L\), got shape \(2, 16, 8\)"),
+        (2, (2, 32, 8), r"FDConv expects an NCHW input \(B, 32, H, W\).*token_layout=True.*use FDConv1d for 3-D"),
+        (3, (2, 32, 8, 8), r"FDConv3d expects an NCDHW input \(B, 32, D, H, W\).*use FDConv for 4-D"),
+        (3, (2, 16, 4, 4, 4), r"FDConv3d expects an NCDHW input \(B, 32, D, H, W\), got shape \(2, 16, 4, 4, 4\)"),
+    ],
+)
 def test_wrong_input_rank_or_channels(dims, shape, match):
     layer = CLASSES[dims](32, 32, 3, padding=1, kernel_num=8)
     with pytest.raises(ValueError, match=match):
@@ -260,11 +323,15 @@ def test_wrong_input_rank_or_channels(dims, shape, match):
 
 
 def test_from_conv_takes_only_its_own_rank():
-    with pytest.raises(TypeError, match=r"FDConv1d.from_conv converts nn.Conv1d modules, got Conv2d \(use FDConv for nn.Conv2d\)"):
+    with pytest.raises(
+        TypeError, match=r"FDConv1d.from_conv converts nn.Conv1d modules, got Conv2d \(use FDConv for nn.Conv2d\)"
+    ):
         FDConv1d.from_conv(nn.Conv2d(32, 32, 3))
     with pytest.raises(TypeError, match=r"FDConv3d.from_conv converts nn.Conv3d modules, got Linear"):
         FDConv3d.from_conv(nn.Linear(32, 32))
-    with pytest.raises(TypeError, match=r"FDConv.from_conv converts nn.Conv2d or nn.Linear modules, got Conv3d \(use FDConv3d"):
+    with pytest.raises(
+        TypeError, match=r"FDConv.from_conv converts nn.Conv2d or nn.Linear modules, got Conv3d \(use FDConv3d"
+    ):
         FDConv.from_conv(nn.Conv3d(32, 32, 3))
 
 
@@ -276,7 +343,11 @@ def test_non_square_kernels_are_listed_explicitly():
     layer = FDConv(32, 32, (3, 1), use_fdconv_if_k_in=[(3, 1)])
     assert layer.use_fdconv and not hasattr(layer, "FBM")  # use_fbm_if_k_in=(3,) means 3x3 only
     assert hasattr(FDConv(32, 32, (3, 1), use_fdconv_if_k_in=[[3, 1]], use_fbm_if_k_in=[[3, 1]]), "FBM")  # JSON lists
-    assert hasattr(FDConv1d(32, 32, 3), "FBM") and hasattr(FDConv3d(32, 32, 3), "FBM") and not hasattr(FDConv3d(32, 32, 1), "FBM")
+    assert (
+        hasattr(FDConv1d(32, 32, 3), "FBM")
+        and hasattr(FDConv3d(32, 32, 3), "FBM")
+        and not hasattr(FDConv3d(32, 32, 1), "FBM")
+    )
     assert not FDConv3d(32, 32, 5).use_fdconv
 
 
@@ -342,6 +413,13 @@ def test_export_plan_and_onnx(dims, tmp_path, monkeypatch):
     example = torch.randn(2, 4, *size)
     path = tmp_path / f"net{dims}d.onnx"
     with torch.no_grad():
-        program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False, optimize=False)
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            verbose=False,
+            optimize=False,
+        )
     program.save(str(path))
     assert verify_onnx(path, model, batch_sizes=(1, 3)) < 1e-4

@@ -19,12 +19,12 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from fdconv_testing import perturb_attention, randomize_norms, relative_error
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fdconv_zoo  # noqa: F401  (registers the timm models)
 from fdconv_zoo import FDConv
 from fdconv_zoo.layers import FrequencyBandModulation
-from fdconv_testing import perturb_attention, randomize_norms, relative_error
 
 TINY = dict(layers=(1, 1, 1, 1), channels=(32, 64, 96, 128), num_classes=10)
 ATTENTION_SCALE = 0.1  # see the module docstring
@@ -151,7 +151,12 @@ def test_autocast_training_steps(dtype):
                 assert p.grad is not None, name
                 assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
             for name, layer in fdconv_layers(model).items():  # the dynamic parts learn, not only the spectrum
-                for part in ("dft_weight", "KSM_Global.kernel_fc.weight", "KSM_Local.conv.weight", "FBM.freq_weight_conv_list.0.weight"):
+                for part in (
+                    "dft_weight",
+                    "KSM_Global.kernel_fc.weight",
+                    "KSM_Local.conv.weight",
+                    "FBM.freq_weight_conv_list.0.weight",
+                ):
                     assert layer.get_parameter(part).grad.abs().max() > 0, f"{name}.{part}"
         losses.append(loss.item())
         opt.step()

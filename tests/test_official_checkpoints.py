@@ -68,16 +68,24 @@ def stage_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 def detector_checkpoint(backbone: dict[str, torch.Tensor]) -> dict:
     """An mmdet Faster R-CNN checkpoint around ``backbone`` (FPN neck, RPN and RoI heads, as mmdet saves it)."""
     state_dict = {f"backbone.{k}": v for k, v in backbone.items() if not k.startswith("fc.")}
-    state_dict.update({
-        "neck.lateral_convs.0.conv.weight": torch.randn(256, 64, 1, 1),
-        "neck.lateral_convs.0.conv.bias": torch.randn(256),
-        "neck.fpn_convs.0.conv.weight": torch.randn(256, 256, 3, 3),
-        "rpn_head.rpn_conv.weight": torch.randn(256, 256, 3, 3),
-        "rpn_head.rpn_cls.weight": torch.randn(3, 256, 1, 1),
-        "roi_head.bbox_head.fc_cls.weight": torch.randn(81, 1024),
-        "roi_head.bbox_head.fc_reg.weight": torch.randn(320, 1024),
-    })
-    meta = {"mmdet_version": "2.28.2", "CLASSES": ("person", "bicycle"), "epoch": 12, "iter": 87960, "config": "model = dict(...)"}
+    state_dict.update(
+        {
+            "neck.lateral_convs.0.conv.weight": torch.randn(256, 64, 1, 1),
+            "neck.lateral_convs.0.conv.bias": torch.randn(256),
+            "neck.fpn_convs.0.conv.weight": torch.randn(256, 256, 3, 3),
+            "rpn_head.rpn_conv.weight": torch.randn(256, 256, 3, 3),
+            "rpn_head.rpn_cls.weight": torch.randn(3, 256, 1, 1),
+            "roi_head.bbox_head.fc_cls.weight": torch.randn(81, 1024),
+            "roi_head.bbox_head.fc_reg.weight": torch.randn(320, 1024),
+        }
+    )
+    meta = {
+        "mmdet_version": "2.28.2",
+        "CLASSES": ("person", "bicycle"),
+        "epoch": 12,
+        "iter": 87960,
+        "config": "model = dict(...)",
+    }
     return {"meta": meta, "state_dict": state_dict, "optimizer": {"state": {}, "param_groups": []}}
 
 
@@ -99,9 +107,16 @@ def official_conversion(weight: torch.Tensor) -> torch.Tensor:
 
 def test_backbone_keys_follow_the_official_layout():
     keys = set(official_backbone("resnet50_fdconv").state_dict())
-    for key in ("conv1.weight", "layer1.0.downsample.0.weight", "layer1.0.conv1.dft_weight", "layer1.0.conv3.dft_weight",
-                "layer3.0.conv2.KSM_Global.kernel_fc.weight", "layer3.0.conv2.FBM.freq_weight_conv_list.1.bias",
-                "layer3.0.conv2.KSM_Local.conv.weight", "layer3.0.conv2.KSM_Global.bn.running_var"):
+    for key in (
+        "conv1.weight",
+        "layer1.0.downsample.0.weight",
+        "layer1.0.conv1.dft_weight",
+        "layer1.0.conv3.dft_weight",
+        "layer3.0.conv2.KSM_Global.kernel_fc.weight",
+        "layer3.0.conv2.FBM.freq_weight_conv_list.1.bias",
+        "layer3.0.conv2.KSM_Local.conv.weight",
+        "layer3.0.conv2.KSM_Global.bn.running_var",
+    ):
         assert key in keys, key
     # the stem and the shortcut stay plain convolutions, the block convolutions keep no plain weight
     assert "conv1.dft_weight" not in keys and not any(k.endswith(("conv2.weight", "conv3.weight")) for k in keys)
@@ -114,7 +129,9 @@ def test_detector_checkpoint_reproduces_backbone_stages(detector_file, num_class
     arch, path = detector_file
     kwargs = dict(features_only=True) if num_classes is None else dict(num_classes=0)
     with caplog.at_level(logging.INFO, logger="fdconv_zoo"):
-        model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path), **ARCHS[arch], **kwargs).eval()
+        model = timm.create_model(
+            arch, pretrained=True, pretrained_cfg_overlay=dict(file=path), **ARCHS[arch], **kwargs
+        ).eval()
     (line,) = [r.getMessage() for r in caplog.records if r.name == "fdconv_zoo.official_checkpoints"]
     assert "dropped 7 others" in line and "neck (3)" in line and "rpn_head (2)" in line and "roi_head (2)" in line
     x = images()
@@ -136,20 +153,33 @@ def test_damaged_attention_is_refused(tmp_path):
     checkpoint = detector_checkpoint(official_backbone("resnet18_fdconv").state_dict())
     del checkpoint["state_dict"]["backbone.layer2.0.conv2.FBM.freq_weight_conv_list.1.bias"]
     torch.save(checkpoint, tmp_path / "damaged.pth")
-    with pytest.raises(ValueError, match=r"leaves 1 of the model's \d+ tensors unset \(layer2\.0\.conv2\.FBM\.freq_weight_conv_list\.1\.bias\)"):
-        timm.create_model("resnet18_fdconv", pretrained=True, features_only=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "damaged.pth")))
+    with pytest.raises(
+        ValueError,
+        match=r"leaves 1 of the model's \d+ tensors unset \(layer2\.0\.conv2\.FBM\.freq_weight_conv_list\.1\.bias\)",
+    ):
+        timm.create_model(
+            "resnet18_fdconv",
+            pretrained=True,
+            features_only=True,
+            pretrained_cfg_overlay=dict(file=str(tmp_path / "damaged.pth")),
+        )
 
 
 def test_checkpoint_of_another_architecture_is_refused_for_features(tmp_path):
     torch.save(timm.create_model("convnext_atto").state_dict(), tmp_path / "convnext_atto.pth")
     overlay = dict(file=str(tmp_path / "convnext_atto.pth"))
-    with pytest.raises(ValueError, match=(
-        r"cannot load .*convnext_atto\.pth into resnet18_fdconv: it leaves \d+ of the model's \d+ tensors unset "
-        r"\(conv1\.weight, .*\) and it has \d+ keys the model does not have \(stem\.0\.weight, .*pretrained_strict=False"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"cannot load .*convnext_atto\.pth into resnet18_fdconv: it leaves \d+ of the model's \d+ tensors unset "
+            r"\(conv1\.weight, .*\) and it has \d+ keys the model does not have \(stem\.0\.weight, .*pretrained_strict=False"
+        ),
+    ):
         timm.create_model("resnet18_fdconv", pretrained=True, features_only=True, pretrained_cfg_overlay=overlay)
     # the explicit opt-out loads what matches (nothing here), as timm does
-    timm.create_model("resnet18_fdconv", pretrained=True, features_only=True, pretrained_cfg_overlay=overlay, pretrained_strict=False)
+    timm.create_model(
+        "resnet18_fdconv", pretrained=True, features_only=True, pretrained_cfg_overlay=overlay, pretrained_strict=False
+    )
 
 
 def _converted_imagenet_resnet(tmp_path) -> tuple[nn.Module, str]:
@@ -158,7 +188,9 @@ def _converted_imagenet_resnet(tmp_path) -> tuple[nn.Module, str]:
     state_dict = {}
     for key, value in plain.state_dict().items():
         block_conv = key.startswith("layer") and key.endswith(("conv1.weight", "conv2.weight", "conv3.weight"))
-        state_dict[key.replace(".weight", ".dft_weight") if block_conv else key] = official_conversion(value) if block_conv else value
+        state_dict[key.replace(".weight", ".dft_weight") if block_conv else key] = (
+            official_conversion(value) if block_conv else value
+        )
     path = tmp_path / "resnet50_Convert2FDConv.pth"
     torch.save(state_dict, path)
     return plain, str(path)
@@ -166,12 +198,19 @@ def _converted_imagenet_resnet(tmp_path) -> tuple[nn.Module, str]:
 
 def test_converted_imagenet_checkpoint_loads(tmp_path):
     plain, path = _converted_imagenet_resnet(tmp_path)
-    model = timm.create_model("resnet50_fdconv", pretrained=True, layers=(1, 1, 1, 1), pretrained_cfg_overlay=dict(file=path)).eval()
+    model = timm.create_model(
+        "resnet50_fdconv", pretrained=True, layers=(1, 1, 1, 1), pretrained_cfg_overlay=dict(file=path)
+    ).eval()
     x = images()
     with torch.no_grad():
         assert relative_error(model(x), plain(x)) < ATOL  # neutral attentions: the source network's function
-    features = timm.create_model("resnet50_fdconv", pretrained=True, features_only=True, layers=(1, 1, 1, 1),
-                                 pretrained_cfg_overlay=dict(file=path)).eval()
+    features = timm.create_model(
+        "resnet50_fdconv",
+        pretrained=True,
+        features_only=True,
+        layers=(1, 1, 1, 1),
+        pretrained_cfg_overlay=dict(file=path),
+    ).eval()
     with torch.no_grad():
         assert relative_error(features(x)[-1], plain.forward_features(x)) < ATOL
 
@@ -206,8 +245,13 @@ def test_transformers_classifier_loads_converted_checkpoint_backbone(tmp_path):
 
 
 def test_transformers_refuses_checkpoint_of_another_architecture(tmp_path):
-    torch.save({"state_dict": {f"backbone.{k}": v for k, v in timm.create_model("convnext_atto").state_dict().items()}}, tmp_path / "c.pth")
-    with pytest.raises(ValueError, match=r"into FDConvResNetBackbone: it leaves \d+ .*embedder\.embedder\.convolution\.weight.*stem\.0\.weight.*strict=False"):
+    torch.save(
+        {"state_dict": {f"backbone.{k}": v for k, v in timm.create_model("convnext_atto").state_dict().items()}},
+        tmp_path / "c.pth",
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"into FDConvResNetBackbone: it leaves \d+ .*embedder\.embedder\.convolution\.weight.*stem\.0\.weight.*strict=False",
+    ):
         load_official_checkpoint(hf_backbone("resnet18_fdconv"), tmp_path / "c.pth")
     load_official_checkpoint(hf_backbone("resnet18_fdconv"), tmp_path / "c.pth", strict=False)
-

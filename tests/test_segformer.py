@@ -6,11 +6,11 @@ native models written with ``save_pretrained`` in both key layouts (old: ``mlp.d
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fdconv_testing import perturb_attention, relative_error
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -28,7 +28,6 @@ from transformers import (
     SegformerModel,
 )
 
-from fdconv_testing import perturb_attention, relative_error
 from fdconv_zoo import FDConv, spectrum_to_conv_weight
 from fdconv_zoo.layers import frequency_group_map
 from fdconv_zoo.transformers_models.segformer import (
@@ -48,8 +47,13 @@ NATIVE_TO_FDCONV = {
 def tiny_native_config(**overrides) -> SegformerConfig:
     """Hidden sizes > 16, so every Mix-FFN projection is a real FDConv; two blocks in the first stage."""
     args = dict(
-        hidden_sizes=[32, 64, 96, 128], num_attention_heads=[1, 2, 3, 4], depths=[2, 1, 1, 1],
-        mlp_ratios=[4, 4, 4, 4], decoder_hidden_size=32, num_labels=5, drop_path_rate=0.0,
+        hidden_sizes=[32, 64, 96, 128],
+        num_attention_heads=[1, 2, 3, 4],
+        depths=[2, 1, 1, 1],
+        mlp_ratios=[4, 4, 4, 4],
+        decoder_hidden_size=32,
+        num_labels=5,
+        drop_path_rate=0.0,
     )
     return SegformerConfig(**{**args, **overrides})
 
@@ -108,7 +112,9 @@ def test_narrow_projections_stay_plain_and_load_unchanged(tmp_path, pixels, orig
     native = random_native(SegformerForSemanticSegmentation)
     native.save_pretrained(tmp_path, save_original_format=original_format)
     config = FDConvSegformerConfig.from_pretrained(tmp_path, fdconv_min_channels=32)
-    model, info = FDConvSegformerForSemanticSegmentation.from_pretrained(tmp_path, config=config, output_loading_info=True)
+    model, info = FDConvSegformerForSemanticSegmentation.from_pretrained(
+        tmp_path, config=config, output_loading_info=True
+    )
     assert info["missing_keys"] == attention_keys(model) and info["unexpected_keys"] == set()
     fc1 = model.segformer.stages[0].blocks[1].mlp.fc1
     assert isinstance(fc1, FDConv) and not fc1.use_fdconv
@@ -121,8 +127,12 @@ def test_hub_repo_id_loads_offline(hub_repo, tmp_path, pixels):
     """An nvidia/mit-b0-style ImageNet classifier from the (offline) Hub cache, fine-tuned for segmentation."""
     native = random_native(SegformerForImageClassification, num_labels=10)
     native.save_pretrained(tmp_path, save_original_format=True)
-    hub_repo("nvidia/mit-b0", {"config.json": tmp_path / "config.json", "model.safetensors": tmp_path / "model.safetensors"})
-    model = FDConvSegformerForSemanticSegmentation.from_pretrained("nvidia/mit-b0", num_labels=3, ignore_mismatched_sizes=True)
+    hub_repo(
+        "nvidia/mit-b0", {"config.json": tmp_path / "config.json", "model.safetensors": tmp_path / "model.safetensors"}
+    )
+    model = FDConvSegformerForSemanticSegmentation.from_pretrained(
+        "nvidia/mit-b0", num_labels=3, ignore_mismatched_sizes=True
+    )
     assert model.config.num_labels == 3 and model.config.model_type == "fdconv_segformer"
     encoder = outputs(model.segformer, pixels)
     assert relative_error(encoder, outputs(native.segformer, pixels)) <= 1e-4
@@ -142,7 +152,9 @@ def test_native_checkpoint_loads_exactly_neutral(tmp_path):
             assert torch.count_nonzero(head.weight) == 0 and torch.count_nonzero(head.bias) == 0, name
         assert torch.count_nonzero(module.KSM_Local.conv.weight) == 0
         assert torch.equal(module.KSM_Local.norm.weight, torch.ones_like(module.KSM_Local.norm.weight))
-        assert torch.count_nonzero(ksm.bn.running_mean) == 0 and torch.equal(ksm.bn.running_var, torch.ones_like(ksm.bn.running_var))
+        assert torch.count_nonzero(ksm.bn.running_mean) == 0 and torch.equal(
+            ksm.bn.running_var, torch.ones_like(ksm.bn.running_var)
+        )
         assert torch.equal(ksm.relu.scale, torch.ones(1)) and torch.equal(ksm.relu.bias, torch.zeros(1))
         assert torch.isfinite(ksm.fc.weight).all() and ksm.fc.weight.std() > 0  # drawn, not left as empty memory
         expected_groups = frequency_group_map(module.out_channels, module.in_channels, module.kernel_num)
@@ -181,7 +193,9 @@ def test_missing_attention_keys_are_initialised_neutral(tmp_path, pixels):
     model.save_pretrained(tmp_path, save_original_format=False)
     state = load_file(tmp_path / "model.safetensors")
     dropped = "stages.1.blocks.0.mlp.fc2.KSM_Global.kernel_fc.weight"
-    save_file({k: v for k, v in state.items() if k != dropped}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in state.items() if k != dropped}, tmp_path / "model.safetensors", metadata={"format": "pt"}
+    )
     reloaded = FDConvSegformerModel.from_pretrained(tmp_path)
     assert torch.count_nonzero(reloaded.get_parameter(dropped)) == 0
     kept = "stages.1.blocks.0.mlp.fc2.KSM_Global.kernel_fc.bias"
@@ -245,7 +259,9 @@ def test_invalid_fdconv_settings_are_rejected(settings, message):
 
 
 def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
-    ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1])).save_pretrained(tmp_path)
+    ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1])).save_pretrained(
+        tmp_path
+    )
     with pytest.raises(ValueError, match="this is a `resnet` checkpoint, but FDConvSegformerConfig reads `segformer`"):
         FDConvSegformerForSemanticSegmentation.from_pretrained(tmp_path)
 
@@ -310,9 +326,17 @@ def test_trainer_fine_tunes_saves_and_reloads(tmp_path, pixels):
 
     dataset = _segmentation_dataset().with_transform(transform)
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-3,
-        save_strategy="steps", save_steps=2, logging_steps=1, remove_unused_columns=False, report_to=[],
-        use_cpu=True, dataloader_num_workers=0,
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=1,
+        remove_unused_columns=False,
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
     )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=processor)

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
+from fdconv_testing import relative_error
 from transformers import Trainer, TrainingArguments
 
-from fdconv_testing import relative_error
 from fdconv_zoo import FDConv1d, convert_to_fdconv
 
 LENGTH = 64
@@ -25,14 +25,18 @@ def sine_waves(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
     phase, amplitude = rng.uniform(0, 2 * math.pi, n), rng.uniform(0.5, 1.5, n)
     waves = amplitude[:, None] * np.sin(2 * math.pi * np.take(CYCLES, labels)[:, None] * t + phase[:, None])
     waves += rng.normal(0.0, 1.0, waves.shape)
-    return [{"series": torch.tensor(w[None], dtype=torch.float32), "labels": torch.tensor(y)} for w, y in zip(waves, labels)]
+    return [
+        {"series": torch.tensor(w[None], dtype=torch.float32), "labels": torch.tensor(y)} for w, y in zip(waves, labels)
+    ]
 
 
 class SeriesClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv1d(1, 32, 7, padding=3)  # one input channel: stays a plain convolution
-        self.body = nn.Sequential(nn.ReLU(), nn.Conv1d(32, 48, 3, padding=1), nn.ReLU(), nn.Conv1d(48, 48, 3, padding=1), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Conv1d(32, 48, 3, padding=1), nn.ReLU(), nn.Conv1d(48, 48, 3, padding=1), nn.ReLU()
+        )
         self.head = nn.Linear(48, 2)
 
     def forward(self, series: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -57,15 +61,26 @@ def test_converted_conv1d_classifier_fine_tunes_with_trainer(tmp_path):
     model = SeriesClassifier()
     model.load_state_dict(plain.state_dict())
     assert convert_to_fdconv(model, ["body.*"], kernel_num=8) == ["body.1", "body.3"]
-    assert all(isinstance(model.body[i], FDConv1d) and model.body[i].use_fdconv and hasattr(model.body[i], "FBM") for i in (1, 3))
+    assert all(
+        isinstance(model.body[i], FDConv1d) and model.body[i].use_fdconv and hasattr(model.body[i], "FBM")
+        for i in (1, 3)
+    )
     x = torch.stack([d["series"] for d in held_out[:8]])
     with torch.no_grad():  # converted exactly: the fine-tuning starts from the plain network's function
         assert relative_error(model.eval()(x)["logits"], plain.eval()(x)["logits"]) <= 1e-5
 
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), max_steps=48, per_device_train_batch_size=16, learning_rate=3e-3,
-        logging_steps=8, save_strategy="no", report_to="none", remove_unused_columns=False,
-        dataloader_num_workers=0, dataloader_pin_memory=False, seed=0,
+        output_dir=str(tmp_path / "run"),
+        max_steps=48,
+        per_device_train_batch_size=16,
+        learning_rate=3e-3,
+        logging_steps=8,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        seed=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train)
     result = trainer.train()
@@ -75,4 +90,7 @@ def test_converted_conv1d_classifier_fine_tunes_with_trainer(tmp_path):
     assert accuracy(trainer.model, held_out) >= 0.9  # chance: 0.5
     for i in (1, 3):  # the dynamic parts trained too
         layer = trainer.model.body[i]
-        assert torch.count_nonzero(layer.KSM_Global.kernel_fc.weight) > 0 and torch.count_nonzero(layer.FBM.freq_weight_conv_list[0].weight) > 0
+        assert (
+            torch.count_nonzero(layer.KSM_Global.kernel_fc.weight) > 0
+            and torch.count_nonzero(layer.FBM.freq_weight_conv_list[0].weight) > 0
+        )

@@ -13,11 +13,11 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from fdconv_testing import perturb_attention, relative_error
 from safetensors.torch import save_file
 from transformers import SegformerConfig, SegformerForImageClassification
 
 import fdconv_zoo  # noqa: F401  (registers the models)
-from fdconv_testing import perturb_attention, relative_error
 from fdconv_zoo import FDConv
 from fdconv_zoo.timm_models.mit import segformer_to_timm_state_dict
 
@@ -34,8 +34,14 @@ NATIVE_MIT = {
 
 def native_config(arch: str) -> SegformerConfig:
     return SegformerConfig(
-        **NATIVE_MIT[arch], num_attention_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1], mlp_ratios=[4, 4, 4, 4],
-        patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2], num_labels=1000, drop_path_rate=0.0,
+        **NATIVE_MIT[arch],
+        num_attention_heads=[1, 2, 5, 8],
+        sr_ratios=[8, 4, 2, 1],
+        mlp_ratios=[4, 4, 4, 4],
+        patch_sizes=[7, 3, 3, 3],
+        strides=[4, 2, 2, 2],
+        num_labels=1000,
+        drop_path_rate=0.0,
     )
 
 
@@ -69,7 +75,9 @@ def native_b0() -> SegformerForImageClassification:
 def mit_b0_on_hub(tmp_path, hub_repo, native_b0) -> Path:
     """nvidia/mit-b0 as on the Hub: config.json + weights in the old (transformers <= 5.8) key layout."""
     native_b0.save_pretrained(tmp_path, save_original_format=True)
-    hub_repo("nvidia/mit-b0", {"config.json": tmp_path / "config.json", "model.safetensors": tmp_path / "model.safetensors"})
+    hub_repo(
+        "nvidia/mit-b0", {"config.json": tmp_path / "config.json", "model.safetensors": tmp_path / "model.safetensors"}
+    )
     return tmp_path
 
 
@@ -150,7 +158,10 @@ def test_timm_model_api(pixels):
     assert logits(four_channels, torch.randn(1, 4, 32, 32)).shape == (1, 1000)
 
 
-@pytest.mark.parametrize(("out_indices", "channels", "reductions"), [((0, 1, 2, 3), [32, 64, 160, 256], [4, 8, 16, 32]), ((1, 3), [64, 256], [8, 32])])
+@pytest.mark.parametrize(
+    ("out_indices", "channels", "reductions"),
+    [((0, 1, 2, 3), [32, 64, 160, 256], [4, 8, 16, 32]), ((1, 3), [64, 256], [8, 32])],
+)
 def test_features_only(pixels, out_indices, channels, reductions):
     model = timm.create_model("mit_b0_fdconv", features_only=True, out_indices=out_indices, depths=(1, 1, 1, 1)).eval()
     assert model.feature_info.channels() == channels and model.feature_info.reduction() == reductions
@@ -171,7 +182,9 @@ def test_checkpoint_of_another_architecture(tmp_path):
     resnet_like = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)}
     save_file(resnet_like, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match=r"not a SegFormer/MiT .*conv1\.weight"):
-        timm.create_model("mit_b0_fdconv", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors")))
+        timm.create_model(
+            "mit_b0_fdconv", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"))
+        )
 
 
 def test_shape_mismatch_names_key_and_expected_shape(tmp_path):
@@ -180,5 +193,9 @@ def test_shape_mismatch_names_key_and_expected_shape(tmp_path):
         b1 = SegformerForImageClassification(native_config("mit_b1"))
     state = {k: torch.zeros(v.shape) for k, v in b1.state_dict().items()}
     save_file(state, tmp_path / "model.safetensors")
-    with pytest.raises(ValueError, match=r"stages\.0\.blocks\.0\.mlp\.fc1\.weight: shape \(256, 64\) .*expects \(128, 32, 1, 1\)"):
-        timm.create_model("mit_b0_fdconv", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors")))
+    with pytest.raises(
+        ValueError, match=r"stages\.0\.blocks\.0\.mlp\.fc1\.weight: shape \(256, 64\) .*expects \(128, 32, 1, 1\)"
+    ):
+        timm.create_model(
+            "mit_b0_fdconv", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"))
+        )

@@ -28,9 +28,18 @@ from fdconv_zoo.timm_models._builder import IMAGENET_TAG_PATTERN, save_fdconv_fo
 RTOL = 1e-4
 
 BASE_ARCHS = [
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "convnext_atto", "convnext_tiny", "convnext_small", "convnext_base",
-    "swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "convnext_atto",
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+    "swin_tiny_patch4_window7_224",
+    "swin_small_patch4_window7_224",
+    "swin_base_patch4_window7_224",
 ]
 # Fewer blocks for the deep variants (widths and block types unchanged); the same overrides are given to
 # the source model, so the checkpoint still fits the FDConv model exactly.
@@ -104,7 +113,8 @@ def test_registered_architectures():
 def test_pretrained_tags_mirror_timm(base):
     """Every ImageNet-head tag of the base model whose weights are on timm's Hub org, in timm's order."""
     expected = [
-        cfg.tag for cfg in get_arch_pretrained_cfgs(base).values()
+        cfg.tag
+        for cfg in get_arch_pretrained_cfgs(base).values()
         if re.search(IMAGENET_TAG_PATTERN, cfg.tag) and cfg.hf_hub_id.startswith("timm/")
     ]
     cfgs = get_arch_pretrained_cfgs(f"{base}_fdconv")
@@ -113,7 +123,17 @@ def test_pretrained_tags_mirror_timm(base):
         source = get_pretrained_cfg(f"{base}.{cfg.tag}")
         assert cfg.hf_hub_id == f"timm/{base}.{cfg.tag}"
         assert cfg.url is None
-        for key in ("num_classes", "input_size", "mean", "std", "crop_pct", "interpolation", "classifier", "first_conv", "license"):
+        for key in (
+            "num_classes",
+            "input_size",
+            "mean",
+            "std",
+            "crop_pct",
+            "interpolation",
+            "classifier",
+            "first_conv",
+            "license",
+        ):
             assert getattr(cfg, key) == getattr(source, key), key
     if re.search(IMAGENET_TAG_PATTERN, get_pretrained_cfg(base).tag):
         assert get_pretrained_cfg(f"{base}_fdconv").tag == get_pretrained_cfg(base).tag
@@ -247,8 +267,13 @@ def test_pretrained_adapts_head_and_stem_like_timm(base):
     x = input_for(base, chans=1)
     with torch.no_grad():
         assert model(x).shape == (len(x), 5)
-        assert relative_error(model.forward_head(model.forward_features(x), pre_logits=True),
-                       ref_model.forward_head(ref_model.forward_features(x), pre_logits=True)) <= RTOL
+        assert (
+            relative_error(
+                model.forward_head(model.forward_features(x), pre_logits=True),
+                ref_model.forward_head(ref_model.forward_features(x), pre_logits=True),
+            )
+            <= RTOL
+        )
 
 
 @pytest.mark.parametrize("base", ["resnet18", "convnext_atto", "convnext_tiny", "swin_tiny_patch4_window7_224"])
@@ -297,7 +322,9 @@ def test_hf_hub_loads_converted_checkpoint(base, tmp_path):
     assert config["architecture"] == f"{base}_fdconv"
     assert "num_classes" not in config.get("model_args", {})
     assert config["model_args"]["fdconv_cfg"] == dict(kernel_num=8)
-    assert any(k.endswith(".dft_weight") for k in safetensors.torch.load_file(tmp_path / "export" / "model.safetensors"))
+    assert any(
+        k.endswith(".dft_weight") for k in safetensors.torch.load_file(tmp_path / "export" / "model.safetensors")
+    )
 
     loaded = timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()
     assert loaded.pretrained_cfg["hf_hub_id"] == repo_id
@@ -334,16 +361,26 @@ def test_unknown_tag_and_architecture():
 def test_checkpoint_of_another_architecture(tmp_path):
     path = tmp_path / "resnet18.safetensors"
     safetensors.torch.save_file(timm.create_model("resnet18").state_dict(), path)
-    with pytest.raises(ValueError, match=r"resnet18\.safetensors into resnet50_fdconv: layer1\.0\.conv1\.weight: shape "
-                                         r"\(64, 64, 3, 3\) does not match the model, which expects \(64, 64, 1, 1\)"):
-        timm.create_model("resnet50_fdconv", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), layers=(1, 1, 1, 1))
+    with pytest.raises(
+        ValueError,
+        match=r"resnet18\.safetensors into resnet50_fdconv: layer1\.0\.conv1\.weight: shape "
+        r"\(64, 64, 3, 3\) does not match the model, which expects \(64, 64, 1, 1\)",
+    ):
+        timm.create_model(
+            "resnet50_fdconv", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), layers=(1, 1, 1, 1)
+        )
 
     path = tmp_path / "convnext.safetensors"
     safetensors.torch.save_file(timm.create_model("convnext_atto").state_dict(), path)
     # Refused before any tensor is copied, naming the counts and the first missing and unexpected keys.
-    with pytest.raises(ValueError, match=r"(?s)into swin_tiny_patch4_window7_224_fdconv: it leaves \d+ of the model's \d+ tensors "
-                                         r"unset \(patch_embed\.proj\.weight.*keys the model does not have \(.*stages\.0"):
-        timm.create_model("swin_tiny_patch4_window7_224_fdconv", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)into swin_tiny_patch4_window7_224_fdconv: it leaves \d+ of the model's \d+ tensors "
+        r"unset \(patch_embed\.proj\.weight.*keys the model does not have \(.*stages\.0",
+    ):
+        timm.create_model(
+            "swin_tiny_patch4_window7_224_fdconv", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
+        )
 
 
 def test_checkpoint_with_wrong_shapes(tmp_path):
@@ -351,12 +388,14 @@ def test_checkpoint_with_wrong_shapes(tmp_path):
     state["stages.1.blocks.0.mlp.fc2.weight"] = state["stages.1.blocks.0.mlp.fc2.weight"][:40]
     path = tmp_path / "bad.safetensors"
     safetensors.torch.save_file(state, path)
-    with pytest.raises(ValueError, match=r"stages\.1\.blocks\.0\.mlp\.fc2\.weight: shape \(40, 320, 1, 1\) does not "
-                                         r"match the model, which expects \(80, 320, 1, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"stages\.1\.blocks\.0\.mlp\.fc2\.weight: shape \(40, 320, 1, 1\) does not "
+        r"match the model, which expects \(80, 320, 1, 1\)",
+    ):
         timm.create_model("convnext_atto_fdconv", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
 
 
 def test_save_rejects_feature_wrappers(tmp_path):
     with pytest.raises(TypeError, match="without features_only"):
         save_fdconv_for_hf(timm.create_model("resnet18_fdconv", features_only=True), tmp_path)
-

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from fdconv_testing import perturb_attention, relative_error
 from huggingface_hub.errors import StrictDataclassError
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -36,7 +37,6 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from fdconv_testing import perturb_attention, relative_error
 from fdconv_zoo import FDConv
 from fdconv_zoo.layers import frequency_group_map
 from fdconv_zoo.transformers_models.convnext import (
@@ -86,22 +86,57 @@ FAMILIES = {
     family.name: family
     for family in (
         Family(
-            "resnet", ResNetConfig, FDConvResNetConfig, ResNetForImageClassification, FDConvResNetForImageClassification,
-            FDConvResNetModel, ResNetBackbone, FDConvResNetBackbone, ConvNextImageProcessor, {"shortest_edge": 32},
+            "resnet",
+            ResNetConfig,
+            FDConvResNetConfig,
+            ResNetForImageClassification,
+            FDConvResNetForImageClassification,
+            FDConvResNetModel,
+            ResNetBackbone,
+            FDConvResNetBackbone,
+            ConvNextImageProcessor,
+            {"shortest_edge": 32},
             dict(embedding_size=24, hidden_sizes=[80, 96, 112, 128], depths=[1, 1, 1, 1], num_labels=5),
-            32, 12,
+            32,
+            12,
         ),
         Family(
-            "convnext", ConvNextConfig, FDConvConvNextConfig, ConvNextForImageClassification, FDConvConvNextForImageClassification,
-            FDConvConvNextModel, ConvNextBackbone, FDConvConvNextBackbone, ConvNextImageProcessor, {"shortest_edge": 32},
+            "convnext",
+            ConvNextConfig,
+            FDConvConvNextConfig,
+            ConvNextForImageClassification,
+            FDConvConvNextForImageClassification,
+            FDConvConvNextModel,
+            ConvNextBackbone,
+            FDConvConvNextBackbone,
+            ConvNextImageProcessor,
+            {"shortest_edge": 32},
             dict(hidden_sizes=[24, 32, 40, 48], depths=[2, 1, 1, 1], num_labels=5, layer_scale_init_value=0.5),
-            32, 10,
+            32,
+            10,
         ),
         Family(
-            "swin", SwinConfig, FDConvSwinConfig, SwinForImageClassification, FDConvSwinForImageClassification,
-            FDConvSwinModel, SwinBackbone, FDConvSwinBackbone, ViTImageProcessor, {"height": 32, "width": 32},
-            dict(image_size=32, patch_size=2, embed_dim=24, depths=[2, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=2, num_labels=5),
-            32, 10,
+            "swin",
+            SwinConfig,
+            FDConvSwinConfig,
+            SwinForImageClassification,
+            FDConvSwinForImageClassification,
+            FDConvSwinModel,
+            SwinBackbone,
+            FDConvSwinBackbone,
+            ViTImageProcessor,
+            {"height": 32, "width": 32},
+            dict(
+                image_size=32,
+                patch_size=2,
+                embed_dim=24,
+                depths=[2, 1, 1, 1],
+                num_heads=[1, 2, 2, 4],
+                window_size=2,
+                num_labels=5,
+            ),
+            32,
+            10,
         ),
     )
 }
@@ -141,7 +176,9 @@ def assert_neutral(layer: FDConv) -> None:
     for head in ksm.heads():
         assert torch.count_nonzero(head.weight) == 0 and torch.count_nonzero(head.bias) == 0
     assert torch.equal(ksm.bn.weight, torch.ones_like(ksm.bn.weight)) and torch.count_nonzero(ksm.bn.bias) == 0
-    assert torch.count_nonzero(ksm.bn.running_mean) == 0 and torch.equal(ksm.bn.running_var, torch.ones_like(ksm.bn.running_var))
+    assert torch.count_nonzero(ksm.bn.running_mean) == 0 and torch.equal(
+        ksm.bn.running_var, torch.ones_like(ksm.bn.running_var)
+    )
     assert ksm.relu.scale.item() == 1.0 and ksm.relu.bias.item() == 0.0
     assert torch.count_nonzero(layer.KSM_Local.conv.weight) == 0
     assert torch.equal(layer.KSM_Local.norm.weight, torch.ones_like(layer.KSM_Local.norm.weight))
@@ -187,7 +224,9 @@ def test_missing_attention_parameters_load_exactly_neutral(family, tmp_path):
     model, info = family.classifier.from_pretrained(path, output_loading_info=True)
 
     layers = fdconv_layers(model)
-    attention_keys = {k for k in model.state_dict() if any(f".{part}." in k for part in ("KSM_Global", "KSM_Local", "FBM"))}
+    attention_keys = {
+        k for k in model.state_dict() if any(f".{part}." in k for part in ("KSM_Global", "KSM_Local", "FBM"))
+    }
     assert set(info["missing_keys"]) == attention_keys and not info["unexpected_keys"] and not info["mismatched_keys"]
     for layer in layers.values():
         assert_neutral(layer)
@@ -228,7 +267,10 @@ def test_native_checkpoint_from_the_hub_cache_with_its_image_processor(family, t
     processor = AutoImageProcessor.from_pretrained(repo)
     image = (torch.rand(family.image_size, family.image_size, 3) * 255).to(torch.uint8).numpy()
     inputs = processor(images=[image], return_tensors="pt")
-    assert relative_error(logits(model, inputs["pixel_values"]), logits(native, inputs["pixel_values"])) <= MAX_RELATIVE_ERROR
+    assert (
+        relative_error(logits(model, inputs["pixel_values"]), logits(native, inputs["pixel_values"]))
+        <= MAX_RELATIVE_ERROR
+    )
 
 
 # ------------------------------------------------------------------------------------- round trips
@@ -245,7 +287,9 @@ def test_save_and_reload_round_trip_with_trained_attentions(family, tmp_path):
     assert type(reloaded) is family.classifier and not any(info.values())
     x = pixels(family)
     assert torch.equal(logits(reloaded, x), logits(model, x))
-    assert relative_error(logits(model, x), logits(family.classifier.from_pretrained(path), x)) > 1e-3  # attentions matter
+    assert (
+        relative_error(logits(model, x), logits(family.classifier.from_pretrained(path), x)) > 1e-3
+    )  # attentions matter
     for name, tensor in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], tensor), name
     for layer in fdconv_layers(reloaded).values():
@@ -342,7 +386,9 @@ def test_invalid_fdconv_settings_are_rejected_when_the_config_is_built(family, s
 def test_checkpoint_of_another_architecture_is_rejected(family, tmp_path):
     other = next(f for f in FAMILIES.values() if f is not family)
     _, path = native_checkpoint(other, tmp_path)
-    with pytest.raises(ValueError, match=f"this is a `{other.name}` checkpoint, but {family.config.__name__} reads `{family.name}`"):
+    with pytest.raises(
+        ValueError, match=f"this is a `{other.name}` checkpoint, but {family.config.__name__} reads `{family.name}`"
+    ):
         family.classifier.from_pretrained(path)
     with pytest.raises(ValueError, match=f"this is a `{other.name}` checkpoint"):
         family.config(**family.native_args, model_type=other.name)
@@ -367,15 +413,22 @@ def test_mismatched_num_labels_needs_ignore_mismatched_sizes(family, tmp_path, c
     transformers.logging.enable_propagation()
     try:
         with caplog.at_level(logging.WARNING, logger="transformers"):
-            model, info = family.classifier.from_pretrained(path, num_labels=3, ignore_mismatched_sizes=True, output_loading_info=True)
+            model, info = family.classifier.from_pretrained(
+                path, num_labels=3, ignore_mismatched_sizes=True, output_loading_info=True
+            )
     finally:
         transformers.logging.disable_propagation()
-    assert {key for key, *_ in info["mismatched_keys"]} == {n for n, _ in model.named_parameters() if n.startswith("classifier")}
+    assert {key for key, *_ in info["mismatched_keys"]} == {
+        n for n, _ in model.named_parameters() if n.startswith("classifier")
+    }
     assert "MISMATCH" in caplog.text  # transformers' standard load report, not a silent re-initialisation
     assert logits(model, pixels(family)).shape == (2, 3)
     with torch.no_grad():
         features = model.base_model(pixels(family)).pooler_output
-        assert relative_error(features, getattr(native, native.base_model_prefix)(pixels(family)).pooler_output) <= MAX_RELATIVE_ERROR
+        assert (
+            relative_error(features, getattr(native, native.base_model_prefix)(pixels(family)).pooler_output)
+            <= MAX_RELATIVE_ERROR
+        )
 
 
 @family_param
@@ -397,7 +450,11 @@ def test_upernet_with_an_fdconv_backbone_builds_runs_and_gives_a_loss(family, tm
     backbone_config = family.config(**family.native_args, out_features=OUT_FEATURES)
     channels = family.backbone(backbone_config).channels
     config = UperNetConfig(
-        backbone_config=backbone_config, hidden_size=32, auxiliary_in_channels=channels[2], auxiliary_channels=16, num_labels=4
+        backbone_config=backbone_config,
+        hidden_size=32,
+        auxiliary_in_channels=channels[2],
+        auxiliary_channels=16,
+        num_labels=4,
     )
     model = UperNetForSemanticSegmentation(config)
     assert type(model.backbone) is family.backbone and len(fdconv_layers(model.backbone)) == family.fdconv_layers
@@ -442,7 +499,9 @@ def test_upernet_backbone_initialised_from_a_native_classification_checkpoint(fa
 def test_full_size_native_checkpoint_loads_with_the_native_outputs(family, tmp_path):
     """The default configs are the layouts of microsoft/resnet-50, facebook/convnext-tiny-224 and
     microsoft/swin-tiny-patch4-window7-224: random weights of that size, converted at load, at 224x224."""
-    native, path = native_checkpoint(family, tmp_path, **{key: getattr(family.native_config(), key) for key in family.native_args})
+    native, path = native_checkpoint(
+        family, tmp_path, **{key: getattr(family.native_config(), key) for key in family.native_args}
+    )
     model = family.classifier.from_pretrained(path)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     assert relative_error(logits(model, x), logits(native, x)) <= MAX_RELATIVE_ERROR

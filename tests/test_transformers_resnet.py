@@ -2,12 +2,16 @@
 
 import pytest
 import torch
+from fdconv_testing import relative_error
+from test_transformers_common import random_native
 from transformers import ResNetConfig, ResNetForImageClassification, ResNetModel
 
-from fdconv_testing import relative_error
 from fdconv_zoo import FDConv
-from fdconv_zoo.transformers_models.resnet import FDConvResNetConfig, FDConvResNetForImageClassification, FDConvResNetModel
-from test_transformers_common import random_native
+from fdconv_zoo.transformers_models.resnet import (
+    FDConvResNetConfig,
+    FDConvResNetForImageClassification,
+    FDConvResNetModel,
+)
 
 
 def test_resnet50_has_fdconv_exactly_where_the_official_backbone_has_it():
@@ -20,7 +24,9 @@ def test_resnet50_has_fdconv_exactly_where_the_official_backbone_has_it():
     assert sum(hasattr(layer, "FBM") for layer in layers.values()) == 16
     assert all(hasattr(layer, "FBM") == (layer.kernel_size == (3, 3)) for layer in layers.values())
     assert type(fdconv.embedder.embedder.convolution) is torch.nn.Conv2d
-    shortcuts = [m.convolution for name, m in fdconv.named_modules() if name.endswith("shortcut") and hasattr(m, "convolution")]
+    shortcuts = [
+        m.convolution for name, m in fdconv.named_modules() if name.endswith("shortcut") and hasattr(m, "convolution")
+    ]
     assert len(shortcuts) == 4 and all(type(conv) is torch.nn.Conv2d for conv in shortcuts)
     count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
     assert count(fdconv) - count(plain) == 3_647_120
@@ -30,7 +36,12 @@ def test_resnet50_has_fdconv_exactly_where_the_official_backbone_has_it():
     "variant",
     [
         dict(layer_type="basic", hidden_sizes=[32, 48]),
-        dict(layer_type="bottleneck", hidden_sizes=[80, 96], downsample_in_bottleneck=True, downsample_in_first_stage=True),
+        dict(
+            layer_type="bottleneck",
+            hidden_sizes=[80, 96],
+            downsample_in_bottleneck=True,
+            downsample_in_first_stage=True,
+        ),
     ],
     ids=["basic", "stride-in-1x1"],
 )
@@ -60,7 +71,10 @@ def test_narrow_block_convolutions_stay_plain_and_load_unchanged(tmp_path):
     first_block = model.resnet.encoder.stages[0].layers[0].layer
     assert [conv.convolution.use_fdconv for conv in first_block] == [False, False, False]  # 16 -> 16 -> 16 -> 64
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert not any(key.startswith("resnet.encoder.stages.0.") and ("KSM" not in key and "FBM" not in key) for key in info["missing_keys"])
+    assert not any(
+        key.startswith("resnet.encoder.stages.0.") and ("KSM" not in key and "FBM" not in key)
+        for key in info["missing_keys"]
+    )
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert relative_error(model(x).logits, native(x).logits) <= 1e-4

@@ -1,13 +1,13 @@
 """FDConv Swin for transformers: FDConv placement (the block MLPs) and the Hub's old key layout."""
 
 import torch
+from fdconv_testing import perturb_attention, relative_error
 from safetensors.torch import load_file
+from test_transformers_common import FAMILIES, OUT_FEATURES, random_native
 from transformers import SwinBackbone, SwinConfig
 
-from fdconv_testing import perturb_attention, relative_error
 from fdconv_zoo import FDConv
 from fdconv_zoo.transformers_models.swin import FDConvSwinBackbone, FDConvSwinConfig, FDConvSwinModel
-from test_transformers_common import FAMILIES, OUT_FEATURES, random_native
 
 SWIN = FAMILIES["swin"]
 
@@ -16,7 +16,10 @@ def test_only_the_block_mlps_are_token_layout_fdconv():
     model = FDConvSwinModel(FDConvSwinConfig(**SWIN.native_args))
     layers = {name: m for name, m in model.named_modules() if isinstance(m, FDConv)}
     assert len(layers) == 2 * 5
-    assert all(name.endswith(("mlp.fc1", "mlp.fc2")) and layer.token_layout and layer.use_fdconv for name, layer in layers.items())
+    assert all(
+        name.endswith(("mlp.fc1", "mlp.fc2")) and layer.token_layout and layer.use_fdconv
+        for name, layer in layers.items()
+    )
     attention = model.encoder.layers[0].blocks[1].attention
     assert all(type(getattr(attention, p)) is torch.nn.Linear for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
     assert type(model.encoder.layers[0].downsample.reduction) is torch.nn.Linear

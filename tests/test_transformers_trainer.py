@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
+from test_transformers_common import family_param, random_native
 from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments
 
 from fdconv_zoo import FDConv
-from test_transformers_common import family_param, random_native
 
 STEPS = 4
 
@@ -32,7 +32,10 @@ def colour_dataset(size: int, n: int = 16) -> Dataset:
 
 @family_param
 def test_trainer_fine_tunes_a_converted_native_checkpoint_saves_and_reloads(family, tmp_path):
-    native = random_native(family.native_classifier, family.native(num_labels=2, id2label={0: "red", 1: "blue"}, label2id={"red": 0, "blue": 1}))
+    native = random_native(
+        family.native_classifier,
+        family.native(num_labels=2, id2label={0: "red", 1: "blue"}, label2id={"red": 0, "blue": 1}),
+    )
     native.save_pretrained(tmp_path / "native")
     family.image_processor(size=family.image_processor_size).save_pretrained(tmp_path / "native")
 
@@ -40,13 +43,25 @@ def test_trainer_fine_tunes_a_converted_native_checkpoint_saves_and_reloads(fami
     processor = AutoImageProcessor.from_pretrained(tmp_path / "native")
 
     def preprocess(batch):
-        return {"pixel_values": processor(images=batch["image"], return_tensors="pt")["pixel_values"], "labels": batch["label"]}
+        return {
+            "pixel_values": processor(images=batch["image"], return_tensors="pt")["pixel_values"],
+            "labels": batch["label"],
+        }
 
     dataset = colour_dataset(family.image_size).with_transform(preprocess)
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), max_steps=STEPS, per_device_train_batch_size=4, per_device_eval_batch_size=8,
-        learning_rate=1e-3, logging_steps=1, save_steps=STEPS, report_to="none", remove_unused_columns=False,
-        dataloader_num_workers=0, dataloader_pin_memory=False, seed=0,
+        output_dir=str(tmp_path / "run"),
+        max_steps=STEPS,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_steps=STEPS,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        seed=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset)
     result = trainer.train()

@@ -8,11 +8,10 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from fdconv_testing import perturb_attention, relative_error
 from PIL import Image
 
-from fdconv_zoo import FDConv
-from fdconv_zoo import viz
-from fdconv_testing import perturb_attention, relative_error
+from fdconv_zoo import FDConv, viz
 
 
 def converted(cin=64, cout=64, k=3, seed=0, **kwargs) -> tuple[nn.Conv2d, FDConv]:
@@ -160,7 +159,9 @@ def test_fbm_figure_is_written_once_unless_overwrite(tmp_path):
 
 def test_save_demo_figures_on_a_timm_model(tmp_path):
     torch.manual_seed(0)
-    model = perturb_attention(timm.create_model("resnet18_fdconv", layers=(1, 1, 1, 1), channels=(32, 64, 96, 128), num_classes=10))
+    model = perturb_attention(
+        timm.create_model("resnet18_fdconv", layers=(1, 1, 1, 1), channels=(32, 64, 96, 128), num_classes=10)
+    )
     model.train()
     first = model.layer1[0].conv1
     paths = viz.save_demo_figures(model, torch.randn(3, 32, 32), tmp_path)

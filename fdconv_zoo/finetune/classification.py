@@ -63,7 +63,9 @@ def finetune_classification(
     return run_finetune(plan, partial(_prepare, model_name, dataset, image_size, model_kwargs or {}, seed))
 
 
-def _prepare(model_name: str, dataset: str, image_size: int | None, model_kwargs: Mapping[str, Any], seed: int) -> TrainingSetup[FinetuneResult]:
+def _prepare(
+    model_name: str, dataset: str, image_size: int | None, model_kwargs: Mapping[str, Any], seed: int
+) -> TrainingSetup[FinetuneResult]:
     """The dataset, the wrapped timm model with a head for its classes, and timm's transforms for that model."""
     data = load_image_classification_dataset(dataset, seed=seed)
     labels = data["train"].features["label"].names
@@ -89,13 +91,17 @@ def _build_classifier(model_name: str, num_labels: int, model_kwargs: Mapping[st
 
     arch, _, tag = model_name.partition(".")
     if arch not in timm.list_models():
-        raise FinetuneInputError(f"unknown timm model {arch!r}; FDConv models: {', '.join(timm.list_models('*fdconv*'))}")
+        raise FinetuneInputError(
+            f"unknown timm model {arch!r}; FDConv models: {', '.join(timm.list_models('*fdconv*'))}"
+        )
     config = TimmWrapperConfig(architecture=arch, num_labels=num_labels, model_args=dict(model_kwargs))
     model = TimmWrapperForImageClassification(config)
     if tag:  # pretrained weights, converted and with a new head by timm's own loader
         if model_name not in timm.list_pretrained(f"{arch}.*"):
             tags = ", ".join(timm.list_pretrained(f"{arch}.*")) or "none"
-            raise FinetuneInputError(f"unknown pretrained tag {model_name!r}; pretrained tags of {arch}: {tags} (or {arch} alone: random init)")
+            raise FinetuneInputError(
+                f"unknown pretrained tag {model_name!r}; pretrained tags of {arch}: {tags} (or {arch} alone: random init)"
+            )
         model.timm_model = timm.create_model(model_name, pretrained=True, num_classes=num_labels, **model_kwargs)
     return model
 
@@ -161,11 +167,26 @@ def _report(run: TrainedRun, *, model_name: str, dataset: str, image_size: int |
     from huggingface_hub import ModelCardData
 
     model, metrics, plan = run.setup.model, run.metrics, run.plan
-    result = FinetuneResult(model_name, metrics["eval_accuracy"], metrics["eval_loss"], run.parameters, run.train_seconds, run.saved_to, model)
+    result = FinetuneResult(
+        model_name,
+        metrics["eval_accuracy"],
+        metrics["eval_loss"],
+        run.parameters,
+        run.train_seconds,
+        run.saved_to,
+        model,
+    )
     size = model.timm_model.pretrained_cfg.get("input_size", (3, image_size))[-1] if image_size is None else image_size
     card_fields = dict(
-        model_name=model_name, dataset=dataset, epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.learning_rate, image_size=size,
-        accuracy=f"{metrics['eval_accuracy']:.4f}", eval_loss=f"{metrics['eval_loss']:.4f}", parameters=f"{run.parameters:,}",
+        model_name=model_name,
+        dataset=dataset,
+        epochs=plan.epochs,
+        batch_size=plan.batch_size,
+        lr=plan.learning_rate,
+        image_size=size,
+        accuracy=f"{metrics['eval_accuracy']:.4f}",
+        eval_loss=f"{metrics['eval_loss']:.4f}",
+        parameters=f"{run.parameters:,}",
         test_examples=len(run.setup.test_data),
     )
     return Report(
@@ -176,7 +197,11 @@ def _report(run: TrainedRun, *, model_name: str, dataset: str, image_size: int |
             ("eval loss", f"{metrics['eval_loss']:.4f}"),
             ("train loss", f"{run.train_loss:.4f}"),
         ],
-        card_data=ModelCardData(library_name="timm", tags=["fdconv", "image-classification", "fdconv-zoo"], datasets=[dataset] if dataset != "digits" else None),
+        card_data=ModelCardData(
+            library_name="timm",
+            tags=["fdconv", "image-classification", "fdconv-zoo"],
+            datasets=[dataset] if dataset != "digits" else None,
+        ),
         card_template=_CARD,
         card_fields=card_fields,
         save_model=partial(save_fdconv_for_hf, model.timm_model),

@@ -34,7 +34,9 @@ def load_image_classification_dataset(name_or_path: str, *, test_size: float = 0
     elif Path(name_or_path).is_dir():
         data = load_dataset("imagefolder", data_dir=name_or_path)
     else:
-        data = load_hub_dataset(name_or_path, "'digits', a folder written by dataset.save_to_disk, a folder with one sub-folder per class")
+        data = load_hub_dataset(
+            name_or_path, "'digits', a folder written by dataset.save_to_disk, a folder with one sub-folder per class"
+        )
     data = with_train_split(data, name_or_path)
     columns = set(data["train"].column_names)
     if not {"image", "label"} <= columns:
@@ -43,14 +45,18 @@ def load_image_classification_dataset(name_or_path: str, *, test_size: float = 0
             "rename them with dataset.rename_column(old, new)"
         )
     if not isinstance(data["train"].features["label"], ClassLabel):
-        raise FinetuneInputError(f"the 'label' column of {name_or_path!r} must be a ClassLabel; convert it with dataset.class_encode_column('label')")
+        raise FinetuneInputError(
+            f"the 'label' column of {name_or_path!r} must be a ClassLabel; convert it with dataset.class_encode_column('label')"
+        )
     names = data["train"].features["label"].names
     _check_class_labels(data["train"], "train", names, name_or_path)
     for split in ("test", "validation"):
         if split not in data:
             continue
         if (np.asarray(data[split]["label"]) == -1).all():  # Hub test splits are often unlabelled
-            _logger.info("the %r split of %s is unlabelled (all labels -1): not used for evaluation", split, name_or_path)
+            _logger.info(
+                "the %r split of %s is unlabelled (all labels -1): not used for evaluation", split, name_or_path
+            )
             continue
         _check_class_labels(data[split], split, names, name_or_path)
         return DatasetDict(train=data["train"], test=data[split])

@@ -26,7 +26,9 @@ def to_model_image(image: Any, channels: int) -> PILImageType:
     from PIL import Image as PILImage
 
     if channels not in (1, 3):
-        raise FinetuneInputError(f"the model takes {channels}-channel images; fine-tuning prepares 1-channel (L) or 3-channel (RGB) images only")
+        raise FinetuneInputError(
+            f"the model takes {channels}-channel images; fine-tuning prepares 1-channel (L) or 3-channel (RGB) images only"
+        )
     if not isinstance(image, PILImage.Image):
         array = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
         if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):

@@ -79,8 +79,16 @@ def finetune_segmentation(
     """
     plan = TrainingPlan(Path(output_dir), epochs, batch_size, learning_rate, seed, overwrite)
     prepare = partial(
-        _prepare, model_name, dataset, image_size=image_size, num_labels=num_labels, id2label=id2label,
-        reduce_labels=reduce_labels, image_column=image_column, mask_column=mask_column, seed=seed,
+        _prepare,
+        model_name,
+        dataset,
+        image_size=image_size,
+        num_labels=num_labels,
+        id2label=id2label,
+        reduce_labels=reduce_labels,
+        image_column=image_column,
+        mask_column=mask_column,
+        seed=seed,
     )
     return run_finetune(plan, prepare)
 
@@ -102,9 +110,15 @@ def _prepare(
     processor = load_processor(model_name, image_size, reduce_labels)
     reduce = bool(processor.do_reduce_labels)
     if reduce and reduce_labels is None:
-        _logger.info("reduce_labels is on (the checkpoint's image processor): mask value 0 is unlabelled, class c is c - 1; --no-reduce-labels turns it off")
-    data, dataset_names = load_semantic_segmentation_dataset(dataset, image_column=image_column, mask_column=mask_column, seed=seed)
-    classes = resolve_classes(data, dataset, dataset_names, id2label=id2label, num_labels=num_labels, reduce_labels=reduce)
+        _logger.info(
+            "reduce_labels is on (the checkpoint's image processor): mask value 0 is unlabelled, class c is c - 1; --no-reduce-labels turns it off"
+        )
+    data, dataset_names = load_semantic_segmentation_dataset(
+        dataset, image_column=image_column, mask_column=mask_column, seed=seed
+    )
+    classes = resolve_classes(
+        data, dataset, dataset_names, id2label=id2label, num_labels=num_labels, reduce_labels=reduce
+    )
     model = load_model(model_name, config, classes)
     channels = num_channels(model.config)
     metrics = SegmentationMetrics(len(classes))
@@ -114,7 +128,9 @@ def _prepare(
         test_data=data["test"].with_transform(_transform(processor, channels, train=False)),
         collate=_collate,
         compute_metrics=metrics,
-        report=partial(_report, model_name=model_name, dataset=dataset, processor=processor, metrics=metrics, id2label=classes),
+        report=partial(
+            _report, model_name=model_name, dataset=dataset, processor=processor, metrics=metrics, id2label=classes
+        ),
         check_split="test",  # the train transform draws random flips
         trainer_class=checkpoint_converting_trainer(),
         trainer_kwargs=dict(preprocess_logits_for_metrics=logits_to_predictions, processing_class=processor),
@@ -128,7 +144,9 @@ def _transform(processor: Any, channels: int, train: bool) -> Callable[[dict[str
         masks = [mask_array(mask) for mask in batch["annotation"]]
         for image, mask in zip(images, masks, strict=True):
             if (image.height, image.width) != mask.shape:
-                raise FinetuneInputError(f"an image of {image.width}x{image.height} pixels has a {mask.shape[1]}x{mask.shape[0]} mask: each mask must have its image's size")
+                raise FinetuneInputError(
+                    f"an image of {image.width}x{image.height} pixels has a {mask.shape[1]}x{mask.shape[0]} mask: each mask must have its image's size"
+                )
         if train:  # random horizontal flips, the one augmentation that suits every segmentation dataset
             flips = [random.random() < 0.5 for _ in images]
             images = [i.transpose(0) if f else i for i, f in zip(images, flips, strict=True)]  # 0: FLIP_LEFT_RIGHT
@@ -181,24 +199,45 @@ processor = AutoImageProcessor.from_pretrained("<this folder or repo>")
 
 
 def _report(
-    run: TrainedRun, *, model_name: str, dataset: str, processor: Any, metrics: SegmentationMetrics, id2label: Mapping[int, str]
+    run: TrainedRun,
+    *,
+    model_name: str,
+    dataset: str,
+    processor: Any,
+    metrics: SegmentationMetrics,
+    id2label: Mapping[int, str],
 ) -> Report[SegmentationFinetuneResult]:
     """The result with per-class IoU, a ``save_pretrained`` folder (model, processor, card) and the table rows."""
     scores = run.metrics
     _, iou = segmentation_metrics(metrics.confusion)
     per_class = {id2label[i]: float(v) for i, v in enumerate(iou)}
     result = SegmentationFinetuneResult(
-        model_name, scores["eval_mean_iou"], scores["eval_pixel_accuracy"], scores["eval_loss"], run.parameters, run.train_seconds,
-        run.saved_to, run.setup.model, per_class,
+        model_name,
+        scores["eval_mean_iou"],
+        scores["eval_pixel_accuracy"],
+        scores["eval_loss"],
+        run.parameters,
+        run.train_seconds,
+        run.saved_to,
+        run.setup.model,
+        per_class,
     )
     dataset_label = Path(dataset).name if Path(dataset).is_dir() else dataset
     title = f"{Path(model_name).name if Path(model_name).is_dir() else model_name} fine-tuned on {dataset_label}"
     plan, reduce = run.plan, bool(processor.do_reduce_labels)
     card_fields = dict(
-        model_name=title, epochs=f"{plan.epochs:g}", batch_size=plan.batch_size, lr=f"{plan.learning_rate:g}",
-        image_size=processor.size["height"], reduce_labels=reduce, test_examples=len(run.setup.test_data),
-        mean_iou=f"{result.mean_iou:.4f}", pixel_accuracy=f"{result.pixel_accuracy:.4f}",
-        mean_accuracy=f"{scores['eval_mean_accuracy']:.4f}", eval_loss=f"{result.eval_loss:.4f}", parameters=f"{run.parameters:,}",
+        model_name=title,
+        epochs=f"{plan.epochs:g}",
+        batch_size=plan.batch_size,
+        lr=f"{plan.learning_rate:g}",
+        image_size=processor.size["height"],
+        reduce_labels=reduce,
+        test_examples=len(run.setup.test_data),
+        mean_iou=f"{result.mean_iou:.4f}",
+        pixel_accuracy=f"{result.pixel_accuracy:.4f}",
+        mean_accuracy=f"{scores['eval_mean_accuracy']:.4f}",
+        eval_loss=f"{result.eval_loss:.4f}",
+        parameters=f"{run.parameters:,}",
         per_class="\n".join(f"| {name} | {value:.4f} |" for name, value in per_class.items()),
     )
     rows = [
@@ -218,7 +257,9 @@ def _report(
     return Report(result, title, rows, card_data, _CARD, card_fields, save_model)
 
 
-def _card_data(model_name: str, dataset: str, dataset_label: str, title: str, result: SegmentationFinetuneResult) -> ModelCardData:
+def _card_data(
+    model_name: str, dataset: str, dataset_label: str, title: str, result: SegmentationFinetuneResult
+) -> ModelCardData:
     """The card's metadata, with mIoU and pixel accuracy in its ``model-index``."""
     from huggingface_hub import EvalResult, ModelCardData
 
@@ -231,9 +272,21 @@ def _card_data(model_name: str, dataset: str, dataset_label: str, title: str, re
         metrics=["mean_iou", "accuracy"],
         model_name=title,
         eval_results=[
-            EvalResult(task_type="image-segmentation", dataset_type=dataset_label, dataset_name=dataset_label,
-                       metric_type="mean_iou", metric_name="mIoU", metric_value=round(result.mean_iou, 4)),
-            EvalResult(task_type="image-segmentation", dataset_type=dataset_label, dataset_name=dataset_label,
-                       metric_type="accuracy", metric_name="pixel accuracy", metric_value=round(result.pixel_accuracy, 4)),
+            EvalResult(
+                task_type="image-segmentation",
+                dataset_type=dataset_label,
+                dataset_name=dataset_label,
+                metric_type="mean_iou",
+                metric_name="mIoU",
+                metric_value=round(result.mean_iou, 4),
+            ),
+            EvalResult(
+                task_type="image-segmentation",
+                dataset_type=dataset_label,
+                dataset_name=dataset_label,
+                metric_type="accuracy",
+                metric_name="pixel accuracy",
+                metric_value=round(result.pixel_accuracy, 4),
+            ),
         ],
     )

@@ -46,7 +46,9 @@ def load_semantic_segmentation_dataset(
     elif path.is_dir():
         data = _load_folder_layout(path)
     else:
-        data = load_hub_dataset(name_or_path, "a folder written by dataset.save_to_disk, a folder of images/ + annotations/")
+        data = load_hub_dataset(
+            name_or_path, "a folder written by dataset.save_to_disk, a folder of images/ + annotations/"
+        )
     data = with_train_split(data, name_or_path)
     columns = data["train"].column_names
     image_column = _pick_column(columns, image_column, IMAGE_COLUMNS, "image", name_or_path)
@@ -71,7 +73,9 @@ def _load_folder_layout(root: Path) -> Any:
     from datasets import Dataset, DatasetDict, Features, Image
 
     split_dirs = {"val": "validation", "valid": "validation"}
-    roots = {split_dirs.get(d.name, d.name): d for d in sorted(root.iterdir()) if d.is_dir() and (d / "images").is_dir()}
+    roots = {
+        split_dirs.get(d.name, d.name): d for d in sorted(root.iterdir()) if d.is_dir() and (d / "images").is_dir()
+    }
     if (root / "images").is_dir():
         roots = {"train": root}
     if not roots:
@@ -83,12 +87,16 @@ def _load_folder_layout(root: Path) -> Any:
     for split, folder in roots.items():
         masks_dir = next((folder / m for m in _LAYOUT_MASK_FOLDERS if (folder / m).is_dir()), None)
         if masks_dir is None:
-            raise FinetuneInputError(f"{folder} has images/ but no mask folder: add one of {', '.join(_LAYOUT_MASK_FOLDERS)}/ with a mask per image")
+            raise FinetuneInputError(
+                f"{folder} has images/ but no mask folder: add one of {', '.join(_LAYOUT_MASK_FOLDERS)}/ with a mask per image"
+            )
         images = {p.stem: p for p in sorted((folder / "images").iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES}
         masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES}
         unpaired = sorted(set(images) ^ set(masks))
         if unpaired:
-            raise FinetuneInputError(f"{folder}: {len(unpaired)} images or masks have no partner of the same name (e.g. {unpaired[:3]})")
+            raise FinetuneInputError(
+                f"{folder}: {len(unpaired)} images or masks have no partner of the same name (e.g. {unpaired[:3]})"
+            )
         if not images:
             raise FinetuneInputError(f"{folder / 'images'} holds no image files")
         features = Features({"image": Image(), "annotation": Image()})
@@ -102,7 +110,9 @@ def _load_folder_layout(root: Path) -> Any:
 def _pick_column(columns: list[str], chosen: str | None, candidates: tuple[str, ...], kind: str, dataset: str) -> str:
     if chosen is not None:
         if chosen not in columns:
-            raise FinetuneInputError(f"dataset {dataset!r} has no column {chosen!r} (--{kind}-column); its columns: {columns}")
+            raise FinetuneInputError(
+                f"dataset {dataset!r} has no column {chosen!r} (--{kind}-column); its columns: {columns}"
+            )
         return chosen
     found = next((c for c in candidates if c in columns), None)
     if found is None:
@@ -155,7 +165,11 @@ def parse_id2label(text: str, source: str) -> dict[int, str]:
         raw = json.loads(text)
         id2label = {int(k): str(v) for k, v in raw.items()}
     except (ValueError, AttributeError, TypeError) as error:
-        raise FinetuneInputError(f"id2label from {source} is not a JSON object of id -> name ({error}): write it as {{\"0\": \"background\", \"1\": \"road\"}}") from None
+        raise FinetuneInputError(
+            f'id2label from {source} is not a JSON object of id -> name ({error}): write it as {{"0": "background", "1": "road"}}'
+        ) from None
     if sorted(id2label) != list(range(len(id2label))):
-        raise FinetuneInputError(f"id2label from {source} must number its classes 0..{len(id2label) - 1}, got ids {sorted(id2label)[:10]}")
+        raise FinetuneInputError(
+            f"id2label from {source} must number its classes 0..{len(id2label) - 1}, got ids {sorted(id2label)[:10]}"
+        )
     return id2label

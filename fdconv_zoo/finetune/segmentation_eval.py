@@ -17,7 +17,10 @@ __all__ = ["SegmentationMetrics", "confusion_matrix", "logits_to_predictions", "
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
     """(num_labels, num_labels) pixel counts, rows = true class, columns = predicted; labels outside
     ``0..num_labels-1`` (255 ignored pixels, -100 padding) are not counted."""
-    predictions, labels = torch.as_tensor(predictions), torch.as_tensor(labels, device=torch.as_tensor(predictions).device)
+    predictions, labels = (
+        torch.as_tensor(predictions),
+        torch.as_tensor(labels, device=torch.as_tensor(predictions).device),
+    )
     valid = (labels >= 0) & (labels < num_labels)
     index = labels[valid].long() * num_labels + predictions[valid].long()
     return torch.bincount(index, minlength=num_labels * num_labels).reshape(num_labels, num_labels)

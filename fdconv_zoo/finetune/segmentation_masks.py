@@ -46,7 +46,9 @@ def mask_array(mask: Any) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.integer):
         if np.issubdtype(array.dtype, np.floating) and np.array_equal(array, np.round(array)):
             return array.astype(np.int64)
-        raise FinetuneInputError(f"a mask of dtype {array.dtype} holds non-integer values: masks are maps of integer class ids")
+        raise FinetuneInputError(
+            f"a mask of dtype {array.dtype} holds non-integer values: masks are maps of integer class ids"
+        )
     return array
 
 
@@ -55,7 +57,9 @@ def _reduced(values: np.ndarray) -> np.ndarray:
     return np.where((values == 0) | (values == IGNORE_INDEX), IGNORE_INDEX, values - 1)
 
 
-def mask_label_counts(masks: Any, *, reduce_labels: bool = False, description: str = "masks") -> dict[int, tuple[int, int, int]]:
+def mask_label_counts(
+    masks: Any, *, reduce_labels: bool = False, description: str = "masks"
+) -> dict[int, tuple[int, int, int]]:
     """``{label: (pixels, masks, first example)}`` over a sequence of masks, after ``reduce_labels``.
 
     Every mask is read once (with a progress bar), so label problems surface before any training.
@@ -80,7 +84,9 @@ def mask_label_counts(masks: Any, *, reduce_labels: bool = False, description: s
     return {v: (pixels[v], images[v], first[v]) for v in sorted(pixels)}
 
 
-def _check_labels(counts: Mapping[str, Mapping[int, tuple[int, int, int]]], num_labels: int, dataset: str, reduce_labels: bool) -> None:
+def _check_labels(
+    counts: Mapping[str, Mapping[int, tuple[int, int, int]]], num_labels: int, dataset: str, reduce_labels: bool
+) -> None:
     """Refuse mask values outside ``0..num_labels-1`` (other than 255) before training, naming the fix."""
     bad = {
         split: {v: c for v, c in split_counts.items() if (v < 0 or v >= num_labels) and v != IGNORE_INDEX}
@@ -90,20 +96,24 @@ def _check_labels(counts: Mapping[str, Mapping[int, tuple[int, int, int]]], num_
     if not bad:
         return
     described = "; ".join(
-        f"{split}: " + ", ".join(f"{v} ({p:,} pixels in {m} masks, first in example {i})" for v, (p, m, i) in list(values.items())[:8])
+        f"{split}: "
+        + ", ".join(
+            f"{v} ({p:,} pixels in {m} masks, first in example {i})" for v, (p, m, i) in list(values.items())[:8]
+        )
         for split, values in bad.items()
     )
     largest = max(v for values in bad.values() for v in values)
     hints = []
     if not reduce_labels and largest == num_labels and any(0 in c for c in counts.values()):
-        hints.append(f"if 0 marks unlabelled pixels and the classes are 1..{num_labels}, pass --reduce-labels (reduce_labels=True)")
+        hints.append(
+            f"if 0 marks unlabelled pixels and the classes are 1..{num_labels}, pass --reduce-labels (reduce_labels=True)"
+        )
     hints.append(f"pass --num-labels {largest + 1} (or an --id2label naming every class)")
     hints.append(f"or set those pixels to {IGNORE_INDEX} (ignored) in the masks")
     raise FinetuneInputError(
         f"masks of {dataset!r} hold values outside the {num_labels} classes 0..{num_labels - 1} and {IGNORE_INDEX} (ignored)"
         f"{' after reduce_labels' if reduce_labels else ''}: {described}. Fix: {'; '.join(hints)}"
     )
-
 
 
 def resolve_classes(
@@ -120,8 +130,13 @@ def resolve_classes(
     if id2label is not None:
         id2label = parse_id2label(json.dumps({str(k): v for k, v in id2label.items()}), "id2label")
         if num_labels is not None and num_labels != len(id2label):
-            raise FinetuneInputError(f"--num-labels {num_labels} disagrees with the {len(id2label)} classes of --id2label: give one of them")
-    counts = {split: mask_label_counts(data[split]["annotation"], reduce_labels=reduce_labels, description=f"{split} masks") for split in data}
+            raise FinetuneInputError(
+                f"--num-labels {num_labels} disagrees with the {len(id2label)} classes of --id2label: give one of them"
+            )
+    counts = {
+        split: mask_label_counts(data[split]["annotation"], reduce_labels=reduce_labels, description=f"{split} masks")
+        for split in data
+    }
     if id2label is None and num_labels is not None:
         id2label = {i: str(i) for i in range(num_labels)}
     if id2label is None:
@@ -129,8 +144,12 @@ def resolve_classes(
     if id2label is None:
         seen = [v for c in counts.values() for v in c if 0 <= v != IGNORE_INDEX]
         if not seen:
-            raise FinetuneInputError(f"every mask pixel of {dataset!r} is {IGNORE_INDEX} (ignored){' after reduce_labels' if reduce_labels else ''}: nothing to learn")
+            raise FinetuneInputError(
+                f"every mask pixel of {dataset!r} is {IGNORE_INDEX} (ignored){' after reduce_labels' if reduce_labels else ''}: nothing to learn"
+            )
         id2label = {i: str(i) for i in range(max(seen) + 1)}
-        _logger.info("%d classes: the largest mask value + 1 (name them with --id2label or --num-labels)", len(id2label))
+        _logger.info(
+            "%d classes: the largest mask value + 1 (name them with --id2label or --num-labels)", len(id2label)
+        )
     _check_labels(counts, len(id2label), dataset, reduce_labels)
     return id2label

@@ -95,7 +95,9 @@ def load_model(model_name: str, config: Any, id2label: dict[int, str]) -> torch.
 
     labels = dict(id2label=id2label, label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
     if config.model_type in ("segformer", "fdconv_segformer"):  # a native config is read as FDConv, converted on load
-        return FDConvSegformerForSemanticSegmentation.from_pretrained(model_name, semantic_loss_ignore_index=IGNORE_INDEX, **labels)
+        return FDConvSegformerForSemanticSegmentation.from_pretrained(
+            model_name, semantic_loss_ignore_index=IGNORE_INDEX, **labels
+        )
     model = UperNetForSemanticSegmentation.from_pretrained(model_name, loss_ignore_index=IGNORE_INDEX, **labels)
     if config.backbone_config.model_type.startswith("fdconv_"):
         return model

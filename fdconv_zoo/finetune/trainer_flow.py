@@ -94,7 +94,9 @@ class Report(Generic[ResultT]):
     save_model: Callable[[Path], None]
 
 
-def _training_arguments(checkpoints: Path, *, epochs: float, batch_size: int, learning_rate: float, seed: int, **overrides: Any) -> TrainingArguments:
+def _training_arguments(
+    checkpoints: Path, *, epochs: float, batch_size: int, learning_rate: float, seed: int, **overrides: Any
+) -> TrainingArguments:
     """The TrainingArguments both fine-tune commands share: per-epoch evaluation and checkpoints, DDP-ready."""
     from transformers import TrainingArguments
 
@@ -151,7 +153,11 @@ def _train_and_evaluate(setup: TrainingSetup[Any], plan: TrainingPlan, saved: Pa
     setup.collate([checked[0]])  # the first example goes through the whole pipeline before any training
     checkpoints = plan.output_dir / "checkpoints"
     args = _training_arguments(
-        checkpoints, epochs=plan.epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate, seed=plan.seed,
+        checkpoints,
+        epochs=plan.epochs,
+        batch_size=plan.batch_size,
+        learning_rate=plan.learning_rate,
+        seed=plan.seed,
         **setup.argument_overrides,
     )
     trainer = (setup.trainer_class or Trainer)(

@@ -90,13 +90,17 @@ def band_axis_factors(sizes: Sequence[int], cutoffs: Sequence[int], exact: bool 
     return factors
 
 
-def band_mask_factors(height: int, width: int, cutoffs: Sequence[int], exact: bool = False) -> list[tuple[list[bool], list[bool]]]:
+def band_mask_factors(
+    height: int, width: int, cutoffs: Sequence[int], exact: bool = False
+) -> list[tuple[list[bool], list[bool]]]:
     """Row (``height``) and column (``width//2+1``) factors of each 2-D FBM low-pass mask: ``mask = rows x cols``
     (see :func:`band_axis_factors`)."""
     return [(rows, cols) for rows, cols in band_axis_factors((height, width), cutoffs, exact)]
 
 
-def band_masks(height: int, width: int, cutoffs: Sequence[int], exact: bool = False, device: torch.device | None = None) -> torch.Tensor:
+def band_masks(
+    height: int, width: int, cutoffs: Sequence[int], exact: bool = False, device: torch.device | None = None
+) -> torch.Tensor:
     """The FBM low-pass masks as float tensors (len(cutoffs), height, width//2+1); see ``band_mask_factors``."""
     factors = band_mask_factors(height, width, cutoffs, exact)
     rows = torch.tensor([r for r, _ in factors], dtype=torch.float32, device=device)
@@ -104,7 +108,9 @@ def band_masks(height: int, width: int, cutoffs: Sequence[int], exact: bool = Fa
     return rows[:, :, None] * cols[:, None, :]
 
 
-def _dft_basis(n: int, frequencies: list[int], dtype: torch.dtype, device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _dft_basis(
+    n: int, frequencies: list[int], dtype: torch.dtype, device: torch.device | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of ``2 pi t f / n`` for t < n and the given frequencies, (n, len(frequencies)) each.
 
     The phase ``t f mod n`` is exact in integers, so the basis is accurate for any size; built in float64.
@@ -156,10 +162,13 @@ def _real_axis_basis(n: int, keeps: list[list[bool]]) -> _RealAxisBasis:
         count = sum(1 if m == 0 or 2 * m == n else 2 for m in kept)
         counts.append(count)
         weights.append([len(signs(band, m)) for m, _ in columns[:count]])
-        unpaired.append([
-            (p, signs(band, m)[0]) for p, (m, is_sine) in enumerate(columns[:count])
-            if not is_sine and m and 2 * m != n and len(signs(band, m)) == 1
-        ])
+        unpaired.append(
+            [
+                (p, signs(band, m)[0])
+                for p, (m, is_sine) in enumerate(columns[:count])
+                if not is_sine and m and 2 * m != n and len(signs(band, m)) == 1
+            ]
+        )
     return _RealAxisBasis(columns, counts, weights, unpaired)
 
 
@@ -212,7 +221,9 @@ class _BandMatrices(NamedTuple):
     bands: tuple[_BandSynthesis | None, ...]
 
 
-def _band_matrices(h: int, w: int, cutoffs: tuple[int, ...], exact: bool, dtype: torch.dtype, device: torch.device) -> _BandMatrices | None:
+def _band_matrices(
+    h: int, w: int, cutoffs: tuple[int, ...], exact: bool, dtype: torch.dtype, device: torch.device
+) -> _BandMatrices | None:
     """The :class:`_BandMatrices` of an (h, w) map, or None where every band is empty (cut-offs below the grid
     resolution)."""
     factors = band_mask_factors(h, w, cutoffs, exact)
@@ -318,7 +329,10 @@ def _band_lowpass_nd(x: torch.Tensor, cutoffs: Sequence[int], exact: bool, spati
     for axis, (cos, sin) in zip(axes, bases):
         re, im = _along(re, axis, cos) + _along(im, axis, sin), _along(im, axis, cos) - _along(re, axis, sin)
     n_last = sizes[-1]
-    weight_l = torch.tensor([1.0 if j == 0 or 2 * j == n_last else 2.0 for j in kept[-1][0]], dtype=x.dtype, device=x.device) / n_last
+    weight_l = (
+        torch.tensor([1.0 if j == 0 or 2 * j == n_last else 2.0 for j in kept[-1][0]], dtype=x.dtype, device=x.device)
+        / n_last
+    )
     lows = []
     for band in range(len(factors)):
         counts = [n_kept[band] for _, n_kept in kept]
@@ -372,8 +386,14 @@ class FrequencyBandModulation(nn.Module):
         n_att = len(self.k_list) + int(lowfreq_att)
         self.freq_weight_conv_list = nn.ModuleList(
             CONV_CLASSES[spatial_dims](
-                in_channels, spatial_group, spatial_kernel, padding=spatial_kernel // 2, groups=spatial_group,
-                bias=True, device=device, dtype=dtype,
+                in_channels,
+                spatial_group,
+                spatial_kernel,
+                padding=spatial_kernel // 2,
+                groups=spatial_group,
+                bias=True,
+                device=device,
+                dtype=dtype,
             )
             for _ in range(n_att)
         )
@@ -420,11 +440,19 @@ class FrequencyBandModulation(nn.Module):
         compute_dtype = torch.promote_types(x.dtype, torch.float32)
         att = self._attention_maps(x, tap_sum_attention).to(compute_dtype)  # (B, n_att, G, *spatial)
         if recompute:
-            return checkpoint(self._modulate, x, att, in_place, exporting, convolution_gemms, reuse_constants, use_reentrant=False)
+            return checkpoint(
+                self._modulate, x, att, in_place, exporting, convolution_gemms, reuse_constants, use_reentrant=False
+            )
         return self._modulate(x, att, in_place, exporting, convolution_gemms, reuse_constants)
 
     def _modulate(
-        self, x: torch.Tensor, att: torch.Tensor, in_place: bool, exporting: bool, convolution_gemms: bool, reuse_constants: bool
+        self,
+        x: torch.Tensor,
+        att: torch.Tensor,
+        in_place: bool,
+        exporting: bool,
+        convolution_gemms: bool,
+        reuse_constants: bool,
     ) -> torch.Tensor:
         c = x.shape[1]
         g, n = self.spatial_group, len(self.k_list)
@@ -437,9 +465,19 @@ class FrequencyBandModulation(nn.Module):
         with float32_region(x.device.type, exporting):  # the band split stays in float32 under autocast
             # In place (no autograd), each band is consumed before the next is written into the same buffer.
             lows = iter_band_lowpass(
-                xf, self.k_list, self.exact_masks, self.spatial_dims, convolution_gemms, reuse_output=in_place, reuse_constants=reuse_constants
+                xf,
+                self.k_list,
+                self.exact_masks,
+                self.spatial_dims,
+                convolution_gemms,
+                reuse_output=in_place,
+                reuse_constants=reuse_constants,
             )
             for j, low in enumerate(lows):
                 low = low.unflatten(1, (g, c // g))
-                out = out.addcmul_(coefficients[:, j, :, None], low) if in_place else out.addcmul(coefficients[:, j, :, None], low)
+                out = (
+                    out.addcmul_(coefficients[:, j, :, None], low)
+                    if in_place
+                    else out.addcmul(coefficients[:, j, :, None], low)
+                )
         return out.flatten(1, 2).to(x.dtype)

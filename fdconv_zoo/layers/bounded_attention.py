@@ -7,7 +7,9 @@ import torch
 __all__ = ["bounded_attention"]
 
 
-def bounded_attention(logits: torch.Tensor, act: str, neutral: float = 1.0, dim: int = 1, in_place: bool = False) -> torch.Tensor:
+def bounded_attention(
+    logits: torch.Tensor, act: str, neutral: float = 1.0, dim: int = 1, in_place: bool = False
+) -> torch.Tensor:
     """The official bounded attentions, each equal to ``neutral`` at zero logits.
 
     ``sigmoid``: ``2 * neutral * sigmoid(z)``; ``tanh``: ``neutral * (1 + tanh(z))``; ``softmax`` over ``dim``,

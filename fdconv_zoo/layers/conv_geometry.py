@@ -14,11 +14,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CONV_CLASSES", "CONV_FUNCTIONS", "ConvGeometry", "conv_nd", "normalised_conv_args", "output_size", "pad_explicitly"]
+__all__ = [
+    "CONV_CLASSES",
+    "CONV_FUNCTIONS",
+    "ConvGeometry",
+    "conv_nd",
+    "normalised_conv_args",
+    "output_size",
+    "pad_explicitly",
+]
 
 CONV_CLASSES: dict[int, type[nn.modules.conv._ConvNd]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 CONV_FUNCTIONS: dict[int, Callable[..., torch.Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_ATTRIBUTES = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "_reversed_padding_repeated_twice")
+_CONV_ATTRIBUTES = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+    "_reversed_padding_repeated_twice",
+)
 
 
 class ConvGeometry(Protocol):
@@ -64,7 +82,9 @@ def normalised_conv_args(spatial_dims: int, *args: Any) -> dict[str, Any]:
     return {name: getattr(spec, name) for name in _CONV_ATTRIBUTES}
 
 
-def conv_nd(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, groups: int = 1, bias: torch.Tensor | None = None) -> torch.Tensor:
+def conv_nd(
+    x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, groups: int = 1, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """``F.conv1d/2d/3d`` (by the weight's rank) with ``geometry``'s stride, padding (and mode) and dilation."""
     conv = CONV_FUNCTIONS[weight.dim() - 2]
     if geometry.padding_mode != "zeros":

@@ -23,7 +23,16 @@ import torch
 
 from .conv_geometry import ConvGeometry, output_size
 
-__all__ = ["ConvMethod", "ExecutionPlan", "Workspace", "cpu_vendor", "float32_region", "into", "is_exporting", "plan_execution"]
+__all__ = [
+    "ConvMethod",
+    "ExecutionPlan",
+    "Workspace",
+    "cpu_vendor",
+    "float32_region",
+    "into",
+    "is_exporting",
+    "plan_execution",
+]
 
 Workspace = dict[str, torch.Tensor]
 
@@ -46,7 +55,9 @@ class ConvMethod(enum.Enum):
     GROUPED = "grouped"  # one convolution with B groups: accelerators, compile, shallow CPU layers
     IM2COL = "im2col"  # unfolded input times the weight image: deep CPU layers, export (no batch-dependent groups)
     MATMUL = "matmul"  # token layout: (B, N, Cin) times the per-sample (Cin, Cout)
-    POINTWISE = "pointwise"  # unpadded 1x1 maps: a batched matmul over the (strided) positions, in the input's memory layout
+    POINTWISE = (
+        "pointwise"  # unpadded 1x1 maps: a batched matmul over the (strided) positions, in the input's memory layout
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +119,9 @@ def float32_region(device_type: str, exporting: bool) -> contextlib.AbstractCont
     return contextlib.nullcontext() if exporting else torch.autocast(device_type, enabled=False)
 
 
-def into(workspace: Workspace | None, name: str, fn: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+def into(
+    workspace: Workspace | None, name: str, fn: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+) -> torch.Tensor:
     """``fn(*args, **kwargs)``, written into ``workspace[name]`` (``out=``) when an earlier call left a buffer there.
 
     Per-sample loops without autograd reuse their weight-sized buffers this way: glibc hands freed blocks of a

@@ -30,9 +30,21 @@ from .band_modulation import FrequencyBandModulation
 from .conv_geometry import conv_nd, normalised_conv_args
 from .execution import ConvMethod, ExecutionPlan, Workspace, float32_region, plan_execution
 from .fdconv_args import check_fdconv_args, check_input, check_token_layout, fbm_config, kernel_in, uses_fdconv
-from .fourier_weight import WeightSpectrum, conv_weight_to_spectrum, image_shape, image_to_conv_weight, static_spectrum, weight_image
+from .fourier_weight import (
+    WeightSpectrum,
+    conv_weight_to_spectrum,
+    image_shape,
+    image_to_conv_weight,
+    static_spectrum,
+    weight_image,
+)
 from .frequency_groups import frequency_group_map
-from .kernel_modulation import KernelAttentions, KernelSpatialModulationGlobal, KernelSpatialModulationLocal, modulate_weight
+from .kernel_modulation import (
+    KernelAttentions,
+    KernelSpatialModulationGlobal,
+    KernelSpatialModulationLocal,
+    modulate_weight,
+)
 from .per_sample_conv import per_sample_conv
 from .plain_conv import convert_plain_layer, plain_weight_error
 
@@ -117,15 +129,32 @@ class FDConv(nn.Module):
     ) -> None:
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        geometry = normalised_conv_args(self.spatial_dims, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, False, padding_mode)
+        geometry = normalised_conv_args(
+            self.spatial_dims,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            False,
+            padding_mode,
+        )
         for name, value in geometry.items():  # nn.Conv{n}d's attributes, normalised
             setattr(self, name, value)
         self.token_layout = check_token_layout(token_layout, self.kernel_size, self.stride, self.padding, groups)
         self.recompute_weight = recompute_weight
-        self.use_fdconv = uses_fdconv(in_channels, out_channels, self.kernel_size, use_fdconv_if_c_gt, use_fdconv_if_k_in)
-        self.use_fdconv_if_stride_in = list(use_fdconv_if_stride_in)  # kept for config parity; never checked (as official)
+        self.use_fdconv = uses_fdconv(
+            in_channels, out_channels, self.kernel_size, use_fdconv_if_c_gt, use_fdconv_if_k_in
+        )
+        self.use_fdconv_if_stride_in = list(
+            use_fdconv_if_stride_in
+        )  # kept for config parity; never checked (as official)
         if not self.use_fdconv:
-            self.weight = nn.Parameter(torch.empty((out_channels, in_channels) if token_layout else self.conv_weight_shape, **dd))
+            self.weight = nn.Parameter(
+                torch.empty((out_channels, in_channels) if token_layout else self.conv_weight_shape, **dd)
+            )
         self.bias = nn.Parameter(torch.empty(out_channels, **dd)) if bias else None
         if not self.use_fdconv:
             self.reset_parameters()
@@ -134,9 +163,15 @@ class FDConv(nn.Module):
             kernel_num = out_channels // 2
             kernel_temp = math.sqrt(kernel_num * param_ratio)
         check_fdconv_args(
-            groups=groups, kernel_num=kernel_num, param_reduction=param_reduction,
-            convert_param=convert_param, spatial_freq_decompose=spatial_freq_decompose, ksm_global_act=ksm_global_act,
-            ksm_only_kernel_att=ksm_only_kernel_att, ksm_local_act=ksm_local_act, param_ratio=param_ratio,
+            groups=groups,
+            kernel_num=kernel_num,
+            param_reduction=param_reduction,
+            convert_param=convert_param,
+            spatial_freq_decompose=spatial_freq_decompose,
+            ksm_global_act=ksm_global_act,
+            ksm_only_kernel_att=ksm_only_kernel_att,
+            ksm_local_act=ksm_local_act,
+            param_ratio=param_ratio,
         )
         fbm_args = fbm_config(fbm_cfg)
         self.kernel_num, self.param_ratio = kernel_num, param_ratio
@@ -146,15 +181,27 @@ class FDConv(nn.Module):
         rows, n2 = self.weight_image_shape[0], self.weight_image_shape[1] // 2 + 1
         self.dft_weight = nn.Parameter(torch.empty(param_ratio, rows, n2, 2, **dd))
         self.KSM_Global = KernelSpatialModulationGlobal(
-            in_channels, out_channels, self.kernel_size, max(int(in_channels * reduction), 16), kernel_num * param_ratio,
-            temp=self.temp, kernel_temp=kernel_temp, att_multi=att_multi, act=ksm_global_act,
-            only_kernel_att=ksm_only_kernel_att, **dd,
+            in_channels,
+            out_channels,
+            self.kernel_size,
+            max(int(in_channels * reduction), 16),
+            kernel_num * param_ratio,
+            temp=self.temp,
+            kernel_temp=kernel_temp,
+            att_multi=att_multi,
+            act=ksm_global_act,
+            only_kernel_att=ksm_only_kernel_att,
+            **dd,
         )
         if kernel_in(self.kernel_size, use_fbm_if_k_in) or (use_fbm_for_stride and self.stride[0] > 1):
             self.FBM = FrequencyBandModulation(in_channels, **fbm_args, spatial_dims=self.spatial_dims, **dd)
         if use_ksm_local:
-            self.KSM_Local = KernelSpatialModulationLocal(in_channels, out_channels * math.prod(self.kernel_size), self.kernel_size, **dd)
-        self.register_buffer("frequency_group", torch.empty(rows, n2, dtype=torch.int32, device=device), persistent=False)
+            self.KSM_Local = KernelSpatialModulationLocal(
+                in_channels, out_channels * math.prod(self.kernel_size), self.kernel_size, **dd
+            )
+        self.register_buffer(
+            "frequency_group", torch.empty(rows, n2, dtype=torch.int32, device=device), persistent=False
+        )
         self.init_non_persistent_buffers()
         self.reset_parameters()
 
@@ -210,9 +257,13 @@ class FDConv(nn.Module):
     def load_conv_weight(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         """Set the static weight from a plain conv (or linear) weight; attentions are left as they are."""
         if not self.accepts_conv_weight(weight.shape):
-            raise ValueError(f"weight of shape {tuple(weight.shape)} does not fit this layer; expected {self.conv_weight_shape}")
+            raise ValueError(
+                f"weight of shape {tuple(weight.shape)} does not fit this layer; expected {self.conv_weight_shape}"
+            )
         if (bias is None) != (self.bias is None):
-            raise ValueError(f"bias mismatch: the layer {'has' if self.bias is not None else 'has no'} bias, the source {'has none' if bias is None else 'has one'}")
+            raise ValueError(
+                f"bias mismatch: the layer {'has' if self.bias is not None else 'has no'} bias, the source {'has none' if bias is None else 'has one'}"
+            )
         if self.use_fdconv:
             self.dft_weight.copy_(conv_weight_to_spectrum(weight.reshape(self.conv_weight_shape), self.param_ratio))
         else:
@@ -250,13 +301,23 @@ class FDConv(nn.Module):
         ``image[b, o*k+u, i*k+v]`` is kernel entry ``[o, i, u, v]``. Float32 (float64 parameters: float64);
         callers disable autocast."""
         spectrum = static_spectrum(self.dft_weight, self.frequency_group, copy_planes=False)
-        return weight_image(spectrum, group_attention, kernel_num=self.kernel_num, scale=self.alpha * scale, cols=self.weight_image_shape[1])
+        return weight_image(
+            spectrum,
+            group_attention,
+            kernel_num=self.kernel_num,
+            scale=self.alpha * scale,
+            cols=self.weight_image_shape[1],
+        )
 
     def forward(self, x: torch.Tensor, plan: ExecutionPlan | None = None) -> torch.Tensor:
         """``plan`` (default: :func:`~.execution.plan_execution`) picks how, never what, the layer computes."""
         check_input(x, self.in_channels, self.token_layout, self.spatial_dims, type(self).__name__)
         if not self.use_fdconv:
-            return F.linear(x, self.weight, self.bias) if self.token_layout else conv_nd(x, self.weight, self, self.groups, self.bias)
+            return (
+                F.linear(x, self.weight, self.bias)
+                if self.token_layout
+                else conv_nd(x, self.weight, self, self.groups, self.bias)
+            )
         if x.shape[0] == 0:
             return self._static_forward(x)
         if not self._frequency_group_ready:  # materialised from "meta" by a framework that never called the init
@@ -264,16 +325,21 @@ class FDConv(nn.Module):
         plan = plan_execution(self, x) if plan is None else plan
         lead = x.shape[:-1]
         if self.token_layout:
-            x = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), self.in_channels)  # explicit sizes: batch 0 under export
+            x = x.reshape(
+                x.shape[0], math.prod(x.shape[1:-1]), self.in_channels
+            )  # explicit sizes: batch 0 under export
         pooled = _position_mean(x, self.token_layout)
-        b = x.shape[0]
         # Under autocast the small (B, Cin) attention work runs in float32: half precision costs visible accuracy.
         with float32_region(x.device.type, plan.exporting) if plan.float32_attention else contextlib.nullcontext():
             attentions = self.KSM_Global(pooled.float() if plan.float32_attention else pooled)
         if hasattr(self, "FBM"):
             x = self.FBM(
-                x, in_place=plan.in_place, exporting=plan.exporting, recompute=plan.recompute_bands,
-                convolution_gemms=plan.convolution_band_gemms, tap_sum_attention=plan.tap_sum_attention,
+                x,
+                in_place=plan.in_place,
+                exporting=plan.exporting,
+                recompute=plan.recompute_bands,
+                convolution_gemms=plan.convolution_band_gemms,
+                tap_sum_attention=plan.tap_sum_attention,
                 reuse_constants=plan.reuse_constants,
             )
         filt = attentions.filter
@@ -283,7 +349,9 @@ class FDConv(nn.Module):
             attentions = attentions._replace(channel=None, filter=None)
         with float32_region(x.device.type, plan.exporting):
             # Once per batch; separate planes only where the products run on them (the CPU multiplies complex pairs).
-            spectrum = static_spectrum(self.dft_weight, self.frequency_group, copy_planes=plan.in_place and not plan.fft_reads_hermitian_part)
+            spectrum = static_spectrum(
+                self.dft_weight, self.frequency_group, copy_planes=plan.in_place and not plan.fft_reads_hermitian_part
+            )
         # The bias is added inside the convolution unless the filter attention must scale the output first.
         filter_on_output = filt is not None and not plan.fold_attention
         workspaces: dict[int, Workspace] = {}  # buffers reused across chunks without autograd, one set per chunk size
@@ -330,18 +398,30 @@ class FDConv(nn.Module):
         With im2col the separable attentions (spatial, and channel/filter when folded) scale the unfolded input
         and the output instead of the weight.
         """
-        on_features = attentions._replace(group=None) if plan.method is ConvMethod.IM2COL else KernelAttentions(None, None, None, None)
+        on_features = (
+            attentions._replace(group=None)
+            if plan.method is ConvMethod.IM2COL
+            else KernelAttentions(None, None, None, None)
+        )
         on_weight = KernelAttentions(None, None, None, None) if plan.method is ConvMethod.IM2COL else attentions
         with float32_region(x.device.type, plan.exporting):
             local_logits = self.KSM_Local(pooled, workspace) if hasattr(self, "KSM_Local") else None
             # att_multi, the local attention's constant factor, scales the spectrum (a scalar) instead of the weight.
             scale = self.att_multi if local_logits is not None and self.ksm_local_act == "sigmoid" else 1.0
             image = weight_image(
-                spectrum, attentions.group, kernel_num=self.kernel_num, scale=self.alpha * scale, cols=self.weight_image_shape[1],
-                workspace=workspace, exportable=plan.exporting, in_place=plan.in_place,
+                spectrum,
+                attentions.group,
+                kernel_num=self.kernel_num,
+                scale=self.alpha * scale,
+                cols=self.weight_image_shape[1],
+                workspace=workspace,
+                exportable=plan.exporting,
+                in_place=plan.in_place,
                 reads_hermitian_part=plan.fft_reads_hermitian_part,
             )
-            weight = modulate_weight(image, local_logits, on_weight, self.kernel_size, local_act=self.ksm_local_act, in_place=plan.in_place)
+            weight = modulate_weight(
+                image, local_logits, on_weight, self.kernel_size, local_act=self.ksm_local_act, in_place=plan.in_place
+            )
         if not plan.float32_attention:  # under autocast the convolution itself casts the float32 weight
             weight = weight.to(x.dtype)
         return per_sample_conv(x, weight, self, plan.method, on_features, bias)
@@ -354,10 +434,14 @@ class FDConv(nn.Module):
             return F.linear(x, weight.reshape(self.out_channels, self.in_channels), self.bias)
         return conv_nd(x, weight, self, 1, self.bias)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         if self.use_fdconv and prefix + "weight" in state_dict and prefix + "dft_weight" not in state_dict:
             error_msgs.append(plain_weight_error(prefix, tuple(state_dict[prefix + "weight"].shape)))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -369,4 +453,8 @@ class FDConv(nn.Module):
         s += ", token_layout=True" if self.token_layout else ""
         if not self.use_fdconv:
             return s + ", use_fdconv=False"
-        return s + f", kernel_num={self.kernel_num}" + (f", param_ratio={self.param_ratio}" if self.param_ratio != 1 else "")
+        return (
+            s
+            + f", kernel_num={self.kernel_num}"
+            + (f", param_ratio={self.param_ratio}" if self.param_ratio != 1 else "")
+        )

@@ -43,7 +43,9 @@ def conv_weight_to_spectrum(weight: torch.Tensor, param_ratio: int = 1) -> torch
     Computed in float64 and returned in the weight's dtype, so the round trip is exact to float32 rounding.
     """
     if weight.dim() < 2 or weight.dim() > 5:
-        raise ValueError(f"expected a (Cout, Cin, *kernel) conv weight with 1 to 3 kernel axes or an (out, in) linear weight, got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"expected a (Cout, Cin, *kernel) conv weight with 1 to 3 kernel axes or an (out, in) linear weight, got shape {tuple(weight.shape)}"
+        )
     w = weight[:, :, None, None] if weight.dim() == 2 else weight
     cout, cin, *kernel = w.shape
     image = w.double().movedim(2, 1).reshape(image_shape(cout, cin, kernel))
@@ -59,7 +61,9 @@ def image_to_conv_weight(image: torch.Tensor, in_channels: int, kernel_size: Seq
     return kernel.transpose(len(lead) + 1, len(lead) + 2)
 
 
-def spectrum_to_conv_weight(dft_weight: torch.Tensor, in_channels: int, kernel_size: int | Sequence[int] = 1) -> torch.Tensor:
+def spectrum_to_conv_weight(
+    dft_weight: torch.Tensor, in_channels: int, kernel_size: int | Sequence[int] = 1
+) -> torch.Tensor:
     """Inverse of :func:`conv_weight_to_spectrum`: the static conv weight (Cout, Cin, *kernel_size) an FDConv
     holds (an int ``kernel_size`` is a square 2-D kernel).
 
@@ -71,7 +75,9 @@ def spectrum_to_conv_weight(dft_weight: torch.Tensor, in_channels: int, kernel_s
     kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
     rows, cols = dft_weight.shape[1], in_channels * math.prod(kernel[1:])
     if rows % kernel[0] or dft_weight.shape[2] != cols // 2 + 1:
-        raise ValueError(f"dft_weight of shape {tuple(dft_weight.shape)} does not fit in_channels={in_channels}, kernel_size={kernel_size}")
+        raise ValueError(
+            f"dft_weight of shape {tuple(dft_weight.shape)} does not fit in_channels={in_channels}, kernel_size={kernel_size}"
+        )
     cout = rows // kernel[0]
     spectrum = dft_weight.double().sum(0) * (min(cout, in_channels) // 2)  # a fresh tensor
     image = inverse_weight_spectrum(spectrum, cols, exportable=False, in_place=True)
@@ -130,12 +136,16 @@ def weight_image(
     ka = group_attention.to(real.dtype).view(group_attention.shape[0], param_ratio, 1, kernel_num) * scale
     b, rows = ka.shape[0], real.shape[-2]
     index = group_index.expand(b, param_ratio, *group_index.shape)
-    per_bin = into(workspace, "per_bin", torch.gather, ka.expand(b, param_ratio, rows, kernel_num), 3, index)  # (B, P, rows, n2)
+    per_bin = into(
+        workspace, "per_bin", torch.gather, ka.expand(b, param_ratio, rows, kernel_num), 3, index
+    )  # (B, P, rows, n2)
     # With one copy, squeeze rather than index it away: the backward of an index zero-fills a spectrum-sized gradient.
     if param_ratio == 1 and reads_hermitian_part and not exportable:
         # One complex product straight from the interleaved pairs: no planes to multiply and reassemble.
         values = torch.view_as_complex(pairs.squeeze(0).contiguous())  # a copy only for other layouts (channels_last)
-        return inverse_weight_spectrum_values(into(workspace, "spectrum", torch.mul, values, per_bin.squeeze(1)), cols, workspace)
+        return inverse_weight_spectrum_values(
+            into(workspace, "spectrum", torch.mul, values, per_bin.squeeze(1)), cols, workspace
+        )
     if param_ratio == 1:
         planes = (("real", real), ("imag", imag))
         real, imag = (into(workspace, name, torch.mul, plane.squeeze(0), per_bin.squeeze(1)) for name, plane in planes)

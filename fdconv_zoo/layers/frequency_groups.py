@@ -68,4 +68,3 @@ def frequency_group_map(rows: int, cols: int, num_groups: int) -> torch.Tensor:
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")
     return _frequency_group_map_cpu(int(rows), int(cols), int(num_groups)).clone()
-

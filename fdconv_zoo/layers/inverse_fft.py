@@ -23,7 +23,9 @@ __all__ = ["inverse_weight_planes", "inverse_weight_spectrum", "inverse_weight_s
 _DENSE_DFT_MAX = 64  # sizes up to this use one dense matrix
 
 
-def inverse_weight_spectrum(spectrum: torch.Tensor, cols: int, *, exportable: bool | None = None, in_place: bool = False) -> torch.Tensor:
+def inverse_weight_spectrum(
+    spectrum: torch.Tensor, cols: int, *, exportable: bool | None = None, in_place: bool = False
+) -> torch.Tensor:
     """``irfft2`` of a (..., rows, cols//2+1, 2) spectrum of (real, imag) pairs to (..., rows, cols); see
     ``inverse_weight_planes``."""
     return inverse_weight_planes(spectrum[..., 0], spectrum[..., 1], cols, exportable=exportable, in_place=in_place)
@@ -61,13 +63,17 @@ def inverse_weight_planes(
     return inverse_weight_spectrum_values(into(workspace, "spectrum", torch.complex, real, imag), cols, workspace)
 
 
-def _symmetrise_edge_columns(real: torch.Tensor, imag: torch.Tensor, cols: int, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _symmetrise_edge_columns(
+    real: torch.Tensor, imag: torch.Tensor, cols: int, in_place: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The planes with column 0 (and the Nyquist column of an even ``cols``) replaced by their Hermitian part,
     written into the planes ``in_place``, else assembled into new ones."""
     rows, n2 = real.shape[-2:]
     neg = (-torch.arange(rows, device=real.device)) % rows
     edges = (0, n2 - 1) if cols % 2 == 0 and n2 > 1 else (0,)
-    hermitian = {c: ((real[..., :, c] + real[..., neg, c]) * 0.5, (imag[..., :, c] - imag[..., neg, c]) * 0.5) for c in edges}
+    hermitian = {
+        c: ((real[..., :, c] + real[..., neg, c]) * 0.5, (imag[..., :, c] - imag[..., neg, c]) * 0.5) for c in edges
+    }
     if in_place:
         for c, (re, im) in hermitian.items():
             real[..., :, c], imag[..., :, c] = re, im
@@ -110,7 +116,11 @@ def _irfft2_matrices(rows: int, cols: int, dtype_name: str) -> tuple[tuple, tupl
     else:
         a, b = split  # r = r1 * b + r2, k = k1 + a * k2
         stage2 = [roots(rows, [k1 + a * k2 for k2 in range(b)], range(b)) for k1 in range(a)]  # twiddles folded in
-        row_mats = (*(m / rows for m in roots(a, range(a), range(a))), np.stack([c for c, _ in stage2]), np.stack([s for _, s in stage2]))
+        row_mats = (
+            *(m / rows for m in roots(a, range(a), range(a))),
+            np.stack([c for c, _ in stage2]),
+            np.stack([s for _, s in stage2]),
+        )
     n2 = cols // 2 + 1
     weight = np.full(n2, 2.0 / cols)  # C2R: the zero (and Nyquist) column counts once, the others twice
     weight[0] = 1.0 / cols
@@ -121,7 +131,12 @@ def _irfft2_matrices(rows: int, cols: int, dtype_name: str) -> tuple[tuple, tupl
         col_mats = tuple(m * weight[:, None] for m in roots(cols, range(n2), range(cols)))  # (n2, cols)
     else:
         a, b = split  # m = m1 * b + m2 (zero-padded to m1 < ceil(n2 / b)), n = n1 + a * n2'
-        col_mats = (weight, *roots(a, range(a), range(-(-n2 // b))), *roots(cols, range(a), range(b)), *roots(b, range(b), range(b)))
+        col_mats = (
+            weight,
+            *roots(a, range(a), range(-(-n2 // b))),
+            *roots(cols, range(a), range(b)),
+            *roots(b, range(b), range(b)),
+        )
     out = tuple(tuple(np.ascontiguousarray(m, dtype=dtype_name) for m in mats) for mats in (row_mats, col_mats))
     for mats in out:
         for m in mats:
@@ -129,7 +144,9 @@ def _irfft2_matrices(rows: int, cols: int, dtype_name: str) -> tuple[tuple, tupl
     return out
 
 
-def _complex_matmul(m_re: torch.Tensor, m_im: torch.Tensor, x_re: torch.Tensor, x_im: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _complex_matmul(
+    m_re: torch.Tensor, m_im: torch.Tensor, x_re: torch.Tensor, x_im: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(m_re + i m_im) @ (x_re + i x_im) as real and imaginary parts."""
     return m_re @ x_re - m_im @ x_im, m_re @ x_im + m_im @ x_re
 
@@ -144,7 +161,9 @@ def irfft2_matmul(real: torch.Tensor, imag: torch.Tensor, cols: int) -> torch.Te
     """
     rows, n2 = real.shape[-2:]
     if n2 != cols // 2 + 1 or imag.shape != real.shape:
-        raise ValueError(f"expected (..., rows, {cols // 2 + 1}) spectra for {cols} columns, got {tuple(real.shape)} and {tuple(imag.shape)}")
+        raise ValueError(
+            f"expected (..., rows, {cols // 2 + 1}) spectra for {cols} columns, got {tuple(real.shape)} and {tuple(imag.shape)}"
+        )
     dtype = real.dtype
     np_dtype = {torch.float32: "float32", torch.float64: "float64"}.get(dtype, "float64")
     # Fresh tensors from numpy: under export they become constants (a cached tensor would be a fake one).
@@ -160,8 +179,12 @@ def irfft2_matmul(real: torch.Tensor, imag: torch.Tensor, cols: int) -> torch.Te
     else:
         a, b = row_split
         f_re, f_im, g_re, g_im = row_mats
-        re, im = _complex_matmul(f_re, f_im, re.reshape(batch, a, b * n2), im.reshape(batch, a, b * n2))  # (batch, k1, r2 * n2)
-        re, im = _complex_matmul(g_re, g_im, re.reshape(batch, a, b, n2), im.reshape(batch, a, b, n2))  # (batch, k1, k2, n2)
+        re, im = _complex_matmul(
+            f_re, f_im, re.reshape(batch, a, b * n2), im.reshape(batch, a, b * n2)
+        )  # (batch, k1, r2 * n2)
+        re, im = _complex_matmul(
+            g_re, g_im, re.reshape(batch, a, b, n2), im.reshape(batch, a, b, n2)
+        )  # (batch, k1, k2, n2)
         re, im = re.reshape(batch, rows, n2), im.reshape(batch, rows, n2)  # rows in (k1, k2) order, sorted at the end
     col_split = _dft_split(cols)
     if col_split is None:

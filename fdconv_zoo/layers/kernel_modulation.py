@@ -102,15 +102,22 @@ class KernelSpatialModulationGlobal(nn.Module):
         self.reset_parameters()
 
     def heads(self) -> list[nn.Conv2d]:
-        return [m for m in (getattr(self, n, None) for n in ("channel_fc", "filter_fc", "spatial_fc", "kernel_fc")) if m]
+        return [
+            m for m in (getattr(self, n, None) for n in ("channel_fc", "filter_fc", "spatial_fc", "kernel_fc")) if m
+        ]
 
     def reset_parameters(self) -> None:
         """Kaiming descriptor projection (as official); every head zero, so all attentions are neutral."""
         nn.init.kaiming_normal_(self.fc.weight, mode="fan_out", nonlinearity="relu")
         # BatchNorm's own reset writes its buffers directly; nn.init keeps frameworks that guard the init
         # functions (transformers' meta-device loading) from overwriting loaded running statistics.
-        for tensor, init_fn in ((self.bn.weight, nn.init.ones_), (self.bn.bias, nn.init.zeros_), (self.bn.running_mean, nn.init.zeros_),
-                                (self.bn.running_var, nn.init.ones_), (self.bn.num_batches_tracked, nn.init.zeros_)):
+        for tensor, init_fn in (
+            (self.bn.weight, nn.init.ones_),
+            (self.bn.bias, nn.init.zeros_),
+            (self.bn.running_mean, nn.init.zeros_),
+            (self.bn.running_var, nn.init.ones_),
+            (self.bn.num_batches_tracked, nn.init.zeros_),
+        ):
             init_fn(tensor)
         self.relu.reset_parameters()
         for head in self.heads():
@@ -151,11 +158,15 @@ class KernelSpatialModulationLocal(nn.Module):
     channels (an int ``kernel_size`` is a square 2-D kernel).
     """
 
-    def __init__(self, in_channels: int, out_n: int, kernel_size: int | Sequence[int] = 1, device=None, dtype=None) -> None:
+    def __init__(
+        self, in_channels: int, out_n: int, kernel_size: int | Sequence[int] = 1, device=None, dtype=None
+    ) -> None:
         super().__init__()
         self.kernel_size = _kernel_tuple(kernel_size)
         kernel = round(math.log2(in_channels) / 2 + 0.5) // 2 * 2 + 1
-        self.conv = nn.Conv1d(1, out_n, kernel_size=kernel, padding=(kernel - 1) // 2, bias=False, device=device, dtype=dtype)
+        self.conv = nn.Conv1d(
+            1, out_n, kernel_size=kernel, padding=(kernel - 1) // 2, bias=False, device=device, dtype=dtype
+        )
         self.norm = nn.LayerNorm(in_channels, device=device, dtype=dtype)
         self.reset_parameters()
 
@@ -188,7 +199,13 @@ def _kernel_tuple(kernel_size: int | Sequence[int]) -> tuple[int, ...]:
     return (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
 
 
-def tap_factor(spatial: torch.Tensor | None, channel: torch.Tensor | None, kernel_size: Sequence[int], in_channels: int, dtype: torch.dtype) -> torch.Tensor | None:
+def tap_factor(
+    spatial: torch.Tensor | None,
+    channel: torch.Tensor | None,
+    kernel_size: Sequence[int],
+    in_channels: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
     """The spatial and channel attentions merged into one factor over the kernel taps in the weight image's
     (u1, i, u2...un) order: (B, k1 or 1, Cin or 1, k2*...*kn or 1), or None without either."""
     factor = None

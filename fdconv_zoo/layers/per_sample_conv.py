@@ -45,12 +45,16 @@ def per_sample_conv(
         raise ValueError(f"{method.value} convolution takes the attentions inside its kernel, not separately")
     b, cout = weight.shape[:2]
     if method is ConvMethod.MATMUL:
-        return _bmm(x, weight.reshape(b, cout, weight.shape[3]).transpose(1, 2), None if bias is None else bias.view(1, 1, cout))
+        return _bmm(
+            x, weight.reshape(b, cout, weight.shape[3]).transpose(1, 2), None if bias is None else bias.view(1, 1, cout)
+        )
     if method is ConvMethod.POINTWISE:
         return _pointwise(x, weight.reshape(b, cout, weight.shape[3]), geometry.stride, bias)
     cin, spatial = weight.shape[3], x.shape[2:]
     kernel = weight.permute(0, 1, 3, 2, 4).reshape(b * cout, cin, *geometry.kernel_size)
-    y = conv_nd(x.reshape(1, b * cin, *spatial), kernel, geometry, groups=b, bias=None if bias is None else bias.repeat(b))
+    y = conv_nd(
+        x.reshape(1, b * cin, *spatial), kernel, geometry, groups=b, bias=None if bias is None else bias.repeat(b)
+    )
     return y.view(b, cout, *y.shape[2:])
 
 
@@ -59,7 +63,9 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.T
     return torch.bmm(a, b) if bias is None else torch.baddbmm(bias.to(a.dtype), a, b)
 
 
-def _pointwise(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...], bias: torch.Tensor | None) -> torch.Tensor:
+def _pointwise(
+    x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...], bias: torch.Tensor | None
+) -> torch.Tensor:
     """An unpadded 1x1 kernel (B, Cout, Cin) as one batched matmul over the positions, in the input's own memory
     layout: channels-last maps (the output channels-last too) or contiguous ones; a stride first keeps every
     stride-th position (a copy of 1/prod(stride) of the input). Autograd's backward is then two batched matmuls,
@@ -72,9 +78,13 @@ def _pointwise(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...], b
     positions, tokens = math.prod(spatial), x.movedim(1, -1)
     cout = weight.shape[1]
     if channels_last:
-        y = _bmm(tokens.reshape(b, positions, cin), weight.transpose(1, 2), None if bias is None else bias.view(1, 1, cout))
+        y = _bmm(
+            tokens.reshape(b, positions, cin), weight.transpose(1, 2), None if bias is None else bias.view(1, 1, cout)
+        )
         return y.view(b, *spatial, cout).movedim(-1, 1)
-    return _bmm(weight, x.reshape(b, cin, positions), None if bias is None else bias.view(1, cout, 1)).view(b, cout, *spatial)
+    return _bmm(weight, x.reshape(b, cin, positions), None if bias is None else bias.view(1, cout, 1)).view(
+        b, cout, *spatial
+    )
 
 
 def _unfold(x: torch.Tensor, geometry: ConvGeometry, out_size: tuple[int, ...]) -> torch.Tensor:
@@ -91,14 +101,21 @@ def _unfold(x: torch.Tensor, geometry: ConvGeometry, out_size: tuple[int, ...]) 
     taps = []
     for offsets in itertools.product(*(range(k) for k in kernel)):
         window = tuple(
-            slice(u * d, u * d + s * (n - 1) + 1, s) for u, d, s, n in zip(offsets, geometry.dilation, geometry.stride, out_size)
+            slice(u * d, u * d + s * (n - 1) + 1, s)
+            for u, d, s, n in zip(offsets, geometry.dilation, geometry.stride, out_size)
         )
         taps.append(x[(slice(None), slice(None), *window)])
     columns = torch.stack(taps, 1).reshape(b, kernel[0], math.prod(kernel[1:]), cin, math.prod(out_size))
     return columns.transpose(2, 3).contiguous()
 
 
-def _im2col(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, attentions: KernelAttentions, bias: torch.Tensor | None) -> torch.Tensor:
+def _im2col(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    geometry: ConvGeometry,
+    attentions: KernelAttentions,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
     b, cout, k, cin, c = weight.shape
     out_size = output_size(x.shape[2:], geometry)
     columns = _unfold(x, geometry, out_size)  # (B, k1, Cin, c, L)

@@ -23,8 +23,15 @@ def plain_layer_args(module: nn.Module, spatial_dims: int = 2, layer: str = "FDC
     if isinstance(module, conv_class):
         return {name: getattr(module, name) for name in _CONV_ARGS}
     accepted = f"nn.{conv_class.__name__}" + (" or nn.Linear" if spatial_dims == 2 else "")
-    others = [f"{name} for nn.{c.__name__}" for n, c, name in ((1, nn.Conv1d, "FDConv1d"), (2, nn.Conv2d, "FDConv"), (3, nn.Conv3d, "FDConv3d")) if isinstance(module, c)]
-    raise TypeError(f"{layer}.from_conv converts {accepted} modules, got {type(module).__name__}" + (f" (use {others[0]})" if others else ""))
+    others = [
+        f"{name} for nn.{c.__name__}"
+        for n, c, name in ((1, nn.Conv1d, "FDConv1d"), (2, nn.Conv2d, "FDConv"), (3, nn.Conv3d, "FDConv3d"))
+        if isinstance(module, c)
+    ]
+    raise TypeError(
+        f"{layer}.from_conv converts {accepted} modules, got {type(module).__name__}"
+        + (f" (use {others[0]})" if others else "")
+    )
 
 
 def convert_plain_layer(cls: type[_Layer], module: nn.Module, **fdconv_kwargs: Any) -> _Layer:
@@ -36,7 +43,9 @@ def convert_plain_layer(cls: type[_Layer], module: nn.Module, **fdconv_kwargs: A
     # Built on "meta" and materialised once: the default weight would be drawn and converted for nothing.
     layer = cls(**conv_args, bias=module.bias is not None, **fdconv_kwargs, device="meta", dtype=module.weight.dtype)
     if layer.use_fdconv and layer.ksm_local_act == "sigmoid" and layer.att_multi != 2.0:
-        raise ValueError(f"exact conversion needs att_multi=2 with sigmoid attentions (m * sigmoid(0) must be 1), got {layer.att_multi}")
+        raise ValueError(
+            f"exact conversion needs att_multi=2 with sigmoid attentions (m * sigmoid(0) must be 1), got {layer.att_multi}"
+        )
     layer = layer.to_empty(device=module.weight.device)
     layer.reset_attention()
     layer.init_non_persistent_buffers()

@@ -22,7 +22,9 @@ from .conv_geometry import CONV_FUNCTIONS
 __all__ = ["tap_sum_conv"]
 
 
-def tap_sum_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1) -> torch.Tensor:
+def tap_sum_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1
+) -> torch.Tensor:
     """``F.conv{n}d(x, weight, bias, padding=k // 2, groups=groups)`` for odd kernels (stride and dilation 1)."""
     kernel = weight.shape[2:]
     if any(k % 2 == 0 for k in kernel):
@@ -30,7 +32,11 @@ def tap_sum_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     cout, cin_g, taps = weight.shape[0], weight.shape[1], math.prod(kernel)
     b, spatial, per_group = x.shape[0], x.shape[2:], cout // groups
     # Output channels of a grouped convolution are group-major: (group, tap, output) keeps each group's taps in it.
-    pointwise = weight.reshape(groups, per_group, cin_g, taps).permute(0, 3, 1, 2).reshape(groups * taps * per_group, cin_g, *(1,) * len(kernel))
+    pointwise = (
+        weight.reshape(groups, per_group, cin_g, taps)
+        .permute(0, 3, 1, 2)
+        .reshape(groups * taps * per_group, cin_g, *(1,) * len(kernel))
+    )
     maps = CONV_FUNCTIONS[len(kernel)](x, pointwise, groups=groups).view(b, groups, taps, per_group, *spatial)
     maps = F.pad(maps, [p for k in reversed(kernel) for p in (k // 2, k // 2)])
     shifted = (

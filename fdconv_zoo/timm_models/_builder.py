@@ -117,7 +117,9 @@ def fdconv_model_cls(
     return build
 
 
-def fdconv_filter_fn(base_filter_fn: FilterFn | None = None, *, strict: bool = True, with_head: bool = True) -> FilterFn:
+def fdconv_filter_fn(
+    base_filter_fn: FilterFn | None = None, *, strict: bool = True, with_head: bool = True
+) -> FilterFn:
     """A ``pretrained_filter_fn``: official checkpoints reduced to the backbone, the base model's own filter
     (if any), the exact FDConv conversion, then (with ``strict``) the completeness check.
 
@@ -147,8 +149,12 @@ def fdconv_filter_fn(base_filter_fn: FilterFn | None = None, *, strict: bool = T
         if strict:
             head = _classifier_prefixes(cfg)
             check_fills_model(
-                converted, model, source=state_dict, optional_prefixes=head,
-                opt_out="pass pretrained_strict=False to timm.create_model", **names,
+                converted,
+                model,
+                source=state_dict,
+                optional_prefixes=head,
+                opt_out="pass pretrained_strict=False to timm.create_model",
+                **names,
             )
             keeps_head = with_head and getattr(model, "num_classes", None) == cfg.get("num_classes")
             if keeps_head and head and not any(key.startswith(head) for key in converted):
@@ -172,7 +178,9 @@ def _checkpoint_name(pretrained_cfg: Mapping[str, Any]) -> str:
         return pretrained_cfg["hf_hub_id"]
     if pretrained_cfg.get("state_dict") is not None:
         return "the given state_dict"
-    return pretrained_cfg.get("file") or pretrained_cfg.get("hf_hub_id") or pretrained_cfg.get("url") or "the checkpoint"
+    return (
+        pretrained_cfg.get("file") or pretrained_cfg.get("hf_hub_id") or pretrained_cfg.get("url") or "the checkpoint"
+    )
 
 
 def build_fdconv_model(
@@ -201,7 +209,9 @@ def build_fdconv_model(
         variant,
         pretrained,
         pretrained_strict=strict,
-        pretrained_filter_fn=fdconv_filter_fn(base_filter_fn, strict=strict, with_head=not kwargs.get("features_only", False)),
+        pretrained_filter_fn=fdconv_filter_fn(
+            base_filter_fn, strict=strict, with_head=not kwargs.get("features_only", False)
+        ),
         feature_cfg=feature_cfg,
         **kwargs,
     )

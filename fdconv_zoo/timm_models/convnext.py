@@ -22,7 +22,9 @@ _FDCONV_PATTERNS = ("stages.*.blocks.*.mlp.fc1", "stages.*.blocks.*.mlp.fc2")
 
 def _create_convnext_fdconv(variant: str, pretrained: bool = False, **kwargs: Any) -> ConvNeXt:
     return build_fdconv_model(
-        ConvNeXt, variant, pretrained,
+        ConvNeXt,
+        variant,
+        pretrained,
         fdconv_patterns=_FDCONV_PATTERNS,
         base_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),

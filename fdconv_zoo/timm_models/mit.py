@@ -96,7 +96,9 @@ def _timm_key(key: str) -> str | None:
     return None
 
 
-def segformer_to_timm_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+def segformer_to_timm_state_dict(
+    state_dict: dict[str, torch.Tensor], model: torch.nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     """Map a transformers SegFormer/MiT state dict (either key layout) to timm PVT v2 / MiT names.
 
     The separate key and value projections are concatenated into ``attn.kv`` (keys first, as PVT v2
@@ -168,7 +170,9 @@ def _cfg(hub_id: str, **kwargs: Any) -> dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({f"{arch}_fdconv.in1k": _cfg(f"nvidia/{arch.replace('_', '-')}") for arch in MIT_ARCHS})
+default_cfgs = generate_default_cfgs(
+    {f"{arch}_fdconv.in1k": _cfg(f"nvidia/{arch.replace('_', '-')}") for arch in MIT_ARCHS}
+)
 
 
 def _mit_args(arch: str, **kwargs: Any) -> dict[str, Any]:

@@ -26,9 +26,7 @@ _FDCONV_PATTERNS: dict[type[nn.Module], tuple[str, ...]] = {
 
 
 def _create_resnet_fdconv(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
-    return build_fdconv_model(
-        ResNet, variant, pretrained, fdconv_patterns=_FDCONV_PATTERNS[kwargs["block"]], **kwargs
-    )
+    return build_fdconv_model(ResNet, variant, pretrained, fdconv_patterns=_FDCONV_PATTERNS[kwargs["block"]], **kwargs)
 
 
 default_cfgs = generate_default_cfgs(

@@ -27,7 +27,9 @@ def _create_swin_fdconv(variant: str, pretrained: bool = False, **kwargs: Any) -
     # as timm's _create_swin_transformer: one feature per stage by default
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (1, 1, 3, 1))))))
     return build_fdconv_model(
-        SwinTransformer, variant, pretrained,
+        SwinTransformer,
+        variant,
+        pretrained,
         fdconv_patterns=_FDCONV_PATTERNS,
         base_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),

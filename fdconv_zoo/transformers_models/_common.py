@@ -85,12 +85,19 @@ class FDConvConfigMixin:
         super().__post_init__(**kwargs)
 
     @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    def get_config_dict(
+        cls, pretrained_model_name_or_path: Any, **kwargs: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Read a native checkpoint's config as this FDConv config (paper defaults); refuse other architectures."""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         model_type = config_dict.get("model_type")
         if model_type == cls.native_model_type:
-            logger.info("reading the `%s` config of %s as `%s` (FDConv paper defaults)", model_type, pretrained_model_name_or_path, cls.model_type)
+            logger.info(
+                "reading the `%s` config of %s as `%s` (FDConv paper defaults)",
+                model_type,
+                pretrained_model_name_or_path,
+                cls.model_type,
+            )
             config_dict = {**config_dict, "model_type": cls.model_type}
         elif model_type not in (None, cls.model_type):
             raise ValueError(f"{pretrained_model_name_or_path}: {cls._foreign_model_type_message(model_type)}")
@@ -235,7 +242,9 @@ def register_fdconv_checkpoint_conversion(
     native_transforms = get_checkpoint_conversion_mapping(native) if native else None
     converters = [
         FDConvWeightConverter(
-            source_patterns=rf"(?<!\w)({pattern})\.weight", target_patterns=r"\1.dft_weight", operations=[ConvWeightToSpectrum()]
+            source_patterns=rf"(?<!\w)({pattern})\.weight",
+            target_patterns=r"\1.dft_weight",
+            operations=[ConvWeightToSpectrum()],
         )
         for pattern in layer_patterns
     ]
@@ -253,4 +262,6 @@ def register_fdconv_auto_classes(
     AutoConfig.register(config_class.model_type, config_class)
     for auto_class, model_class in models.items():
         auto_class.register(config_class, model_class)
-    AutoImageProcessor.register(config_class, image_processor_classes=dict(IMAGE_PROCESSOR_MAPPING[native_config_class]))
+    AutoImageProcessor.register(
+        config_class, image_processor_classes=dict(IMAGE_PROCESSOR_MAPPING[native_config_class])
+    )

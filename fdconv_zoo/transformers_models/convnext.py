@@ -74,7 +74,9 @@ class FDConvConvNextForImageClassification(FDConvConvNextPreTrainedModel, ConvNe
         super(ConvNextForImageClassification, self).__init__(config)
         self.num_labels = config.num_labels
         self.convnext = FDConvConvNextModel(config)
-        self.classifier = nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = (
+            nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
         self.post_init()
 
 

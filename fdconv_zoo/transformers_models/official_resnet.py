@@ -74,13 +74,20 @@ def load_official_checkpoint(
     converted = convert_state_dict(state_dict, backbone)
     if strict:
         check_fills_model(
-            converted, backbone, source=state_dict, checkpoint_name=name, model_name=type(model).__name__,
+            converted,
+            backbone,
+            source=state_dict,
+            checkpoint_name=name,
+            model_name=type(model).__name__,
             opt_out="pass strict=False",
         )
     with torch.no_grad():
         result = backbone.load_state_dict(converted, strict=False)
     if result.missing_keys or result.unexpected_keys:
         _logger.warning(
-            "loaded %s non-strictly: %d tensors unset, %d keys unused", name, len(result.missing_keys), len(result.unexpected_keys)
+            "loaded %s non-strictly: %d tensors unset, %d keys unused",
+            name,
+            len(result.missing_keys),
+            len(result.unexpected_keys),
         )
     return model

@@ -94,7 +94,9 @@ class FDConvSegformerPreTrainedModel(FDConvPreTrainedModelMixin, SegformerPreTra
         """The native loader with this instance's spectrum converters after the registered (native) renamings."""
         weight_mapping = [*(load_config.weight_mapping or []), *_spectrum_converters(model)]
         load_config = dataclasses.replace(load_config, weight_mapping=weight_mapping)
-        return SegformerPreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, load_config, expected_keys)
+        return SegformerPreTrainedModel._load_pretrained_model(
+            model, state_dict, checkpoint_files, load_config, expected_keys
+        )
 
 
 class FDConvSegformerModel(FDConvSegformerPreTrainedModel, SegformerModel):

@@ -78,7 +78,9 @@ class FDConvSwinForImageClassification(FDConvSwinPreTrainedModel, SwinForImageCl
         super(SwinForImageClassification, self).__init__(config)
         self.num_labels = config.num_labels
         self.swin = FDConvSwinModel(config)
-        self.classifier = nn.Linear(self.swin.num_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = (
+            nn.Linear(self.swin.num_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
         self.post_init()
 
 
