@@ -126,7 +126,8 @@ class KernelSpatialModulationGlobal(nn.Module):
 
     def _normalize(self, z: torch.Tensor) -> torch.Tensor:
         bn = self.bn
-        if bn.training and z.shape[0] == 1:
+        # Detection heads swap in frozen batch norms (no ``eps``, running statistics only): those run as they are.
+        if bn.training and z.shape[0] == 1 and isinstance(bn, nn.modules.batchnorm._BatchNorm):
             # Batch statistics of a single sample are degenerate (every descriptor would normalise to 0),
             # and the official layer raises here. One sample is normalised with the running statistics,
             # which it leaves unchanged.
