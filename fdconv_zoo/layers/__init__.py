@@ -5,10 +5,10 @@ of the package."""
 
 from .band_modulation import FrequencyBandModulation, band_lowpass, band_masks
 from .bounded_attention import bounded_attention
-from .execution import ConvMethod, ExecutionPlan, plan_execution
+from .execution import ConvMethod, ExecutionPlan, plan_execution, planning_as
 from .fdconv import FDConv
-from .fdconv_nd import FDConv1d, FDConv3d
 from .fdconv_args import DEFAULT_FBM_CFG
+from .fdconv_nd import FDConv1d, FDConv3d
 from .fourier_weight import conv_weight_to_spectrum, spectrum_to_conv_weight
 from .frequency_groups import frequency_group_map
 from .inverse_fft import inverse_weight_spectrum
@@ -33,5 +33,6 @@ __all__ = [
     "frequency_group_map",
     "inverse_weight_spectrum",
     "plan_execution",
+    "planning_as",
     "spectrum_to_conv_weight",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "into",
     "is_exporting",
     "plan_execution",
+    "planning_as",
 ]
 
 Workspace = dict[str, torch.Tensor]
@@ -134,6 +135,28 @@ def into(
     return out
 
 
+_planned_device_type: str | None = None
+
+
+@contextlib.contextmanager
+def planning_as(device_type: str):
+    """Plan every FDConv forward inside the block as on ``device_type`` while the tensors stay where they are.
+
+    Forcing the CUDA plan on a CPU machine lets its ops be counted (kernels, bytes, host syncs are properties of
+    the plan, not of the device) and lets the CPU test suite check that plan's function against the golden vectors.
+    """
+    global _planned_device_type
+    previous, _planned_device_type = _planned_device_type, torch.device(device_type).type
+    try:
+        yield
+    finally:
+        _planned_device_type = previous
+
+
+def _device_type(x: torch.Tensor) -> str:
+    return _planned_device_type or x.device.type
+
+
 def _weight_numel(layer: PlannedLayer) -> int:
     return layer.out_channels * layer.in_channels * math.prod(layer.kernel_size)
 
@@ -160,7 +183,7 @@ def _method(layer: PlannedLayer, x: torch.Tensor, exporting: bool, compiling: bo
         return ConvMethod.POINTWISE
     if exporting:
         return ConvMethod.IM2COL
-    if x.device.type != "cpu" or compiling:
+    if _device_type(x) != "cpu" or compiling:
         return ConvMethod.GROUPED
     positions = math.prod(output_size(x.shape[2:], layer))
     return ConvMethod.IM2COL if layer.out_channels >= positions else ConvMethod.GROUPED
@@ -211,7 +234,7 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
     if recompute is None:  # per sample: the weight (Cout * Cin * k...) against the input (Cin * positions)
         recompute = layer.out_channels * math.prod(layer.kernel_size) > positions
     eager = not exporting and not compiling
-    eager_cpu = eager and x.device.type == "cpu"
+    eager_cpu = eager and _device_type(x) == "cpu"
     whole_batch = not eager_cpu  # a symbolic batch must not be looped over
     return ExecutionPlan(
         method=_method(layer, x, exporting, compiling),
