@@ -284,6 +284,7 @@ def load_timm_model(model_name: str, checkpoint: str | os.PathLike | None = None
     architecture (e.g. ``resnet50``'s) is converted to FDConv exactly (``convert_state_dict``). Bad names,
     missing checkpoints and checkpoints of another architecture raise :class:`InputError`."""
     import timm
+    from huggingface_hub.errors import EntryNotFoundError
 
     import fdconv_zoo  # noqa: F401  (registers the FDConv architectures)
 
@@ -310,6 +311,13 @@ def load_timm_model(model_name: str, checkpoint: str | os.PathLike | None = None
         if not model_kwargs:
             raise
         raise InputError(f"--model-arg {', '.join(model_kwargs)}: {err}") from err
+    except (OSError, EntryNotFoundError) as err:  # weights not in the cache (offline), no such repo or file
+        if not pretrained:
+            raise
+        raise InputError(
+            f"cannot load the pretrained weights of {model_name!r}: {str(err).splitlines()[0]}; offline "
+            "(HF_HUB_OFFLINE=1) they must already be in the Hugging Face cache, or pass --checkpoint FILE"
+        ) from err
     if checkpoint is not None:
         _load_checkpoint(model, model_name, checkpoint)
     elif not pretrained:

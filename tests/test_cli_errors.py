@@ -117,6 +117,9 @@ def test_unreadable_images_are_named_before_training(tmp_path, capsys, caplog):
     assert "skipped" in caplog.text and "9.png" in caplog.text
     for split in data.values():
         assert all(image.size == (8, 8) for image in split["image"])  # every image left decodes
+    train = ("--skip-bad-images", "--epochs", "1", "--image-size", "16", "--batch-size", "4")
+    assert main(finetune_args(folder, tmp_path / "out", *train)) == 0  # the flag reaches the fine-tune
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
 
 
 def test_unreadable_mask_is_named(tmp_path):
@@ -166,7 +169,24 @@ def test_missing_checkpoint(tmp_path, capsys):
     assert message == f"checkpoint {missing} does not exist (no such file); check the path"
     message = refused(capsys, ["export-onnx", f"local-dir:{tmp_path / 'no-model'}", "--out", str(tmp_path / "m.onnx")])
     assert "does not exist (no such folder)" in message
-    assert not (tmp_path / "m.onnx").exists()
+    uncached = "resnet152_fdconv.gluon_in1k"  # pretrained weights offline, not in the (test) cache
+    message = refused(capsys, ["export-onnx", uncached, "--out", str(tmp_path / "m.onnx"), *TINY_ARGS])
+    assert f"cannot load the pretrained weights of {uncached!r}" in message and "--checkpoint" in message
+    message = refused(
+        capsys,
+        [
+            "finetune-classification",
+            "--model",
+            uncached,
+            "--dataset",
+            "digits",
+            "--output-dir",
+            str(tmp_path),
+            *TINY_ARGS,
+        ],
+    )
+    assert f"cannot load the pretrained weights of {uncached!r}" in message and "resnet152_fdconv alone" in message
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "model").exists()
 
 
 def test_checkpoint_of_another_architecture(tmp_path, capsys):

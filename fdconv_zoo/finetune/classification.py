@@ -111,6 +111,7 @@ def _check_model_name(model_name: str) -> None:
 def _build_classifier(model_name: str, num_labels: int, model_kwargs: Mapping[str, Any]) -> torch.nn.Module:
     """TimmWrapper around ``model_name`` (an architecture, or ``arch.tag`` to start from pretrained weights; both
     checked by ``_check_model_name``)."""
+    from huggingface_hub.errors import EntryNotFoundError
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
     arch, _, tag = model_name.partition(".")
@@ -122,7 +123,13 @@ def _build_classifier(model_name: str, num_labels: int, model_kwargs: Mapping[st
             raise
         raise FinetuneInputError(f"--model-arg {', '.join(model_kwargs)}: {error}") from error
     if tag:  # pretrained weights, converted and with a new head by timm's own loader
-        model.timm_model = timm.create_model(model_name, pretrained=True, num_classes=num_labels, **model_kwargs)
+        try:
+            model.timm_model = timm.create_model(model_name, pretrained=True, num_classes=num_labels, **model_kwargs)
+        except (OSError, EntryNotFoundError) as error:  # not in the cache (offline), no such repo or file
+            raise FinetuneInputError(
+                f"cannot load the pretrained weights of {model_name!r}: {str(error).splitlines()[0]}; offline "
+                f"(HF_HUB_OFFLINE=1) they must already be in the Hugging Face cache, or start from {arch} alone"
+            ) from error
     return model
 
 
