@@ -239,6 +239,12 @@ def test_existing_outputs_are_kept(tmp_path, capsys):
     assert (tmp_path / "model" / "model.safetensors").read_text() == "user model"
 
 
+def test_missing_onnx_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed: importing it raises ImportError
+    message = refused(capsys, ["export-onnx", "resnet18_fdconv", "--out", str(tmp_path / "m.onnx")])
+    assert message.startswith("ONNX export needs 'onnxscript': pip install 'fdconv-zoo[onnx]'")
+
+
 # ----------------------------------------------------------------------------------------------- numbers
 @pytest.mark.parametrize(
     ("argv", "option"),
