@@ -3,7 +3,9 @@
 (``execution``, ``per_sample_conv``); ``fdconv_nd`` has the 1-D and 3-D layers. Nothing here imports from the rest
 of the package."""
 
-from .band_modulation import FrequencyBandModulation, band_lowpass, band_masks
+from .band_masks import band_masks
+from .band_modulation import FrequencyBandModulation
+from .band_split import band_lowpass
 from .bounded_attention import bounded_attention
 from .execution import ConvMethod, ExecutionPlan, plan_execution, planning_as
 from .fdconv import FDConv
