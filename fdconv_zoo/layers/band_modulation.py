@@ -168,15 +168,22 @@ class FrequencyBandModulation(nn.Module):
         passes = torch.cat([ones, lows]) - torch.cat([lows, torch.zeros_like(ones)])
         return passes if self.act == "softmax" else passes * 2
 
-    def _stacked_attention_conv(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stacked_attention_conv(self, reuse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """All band attention convolutions as one (group-major) weight and bias, plus, without a low-band
         attention, a zero one for the lowest band (its sigmoid is exactly 1/2, i.e. attention 1); the tanh form's
         logits doubled (``1 + tanh(z) = 2 sigmoid(2 z)``), so one sigmoid serves both."""
         convs = list(self.freq_weight_conv_list)
         weights, biases = [c.weight for c in convs], [c.bias for c in convs]
         if not self.lowfreq_att:
-            weights.append(torch.zeros_like(weights[0]))
-            biases.append(torch.zeros_like(biases[0]))
+            zero_weight, zero_bias = constant(
+                self,
+                "zero_attention",
+                (weights[0].shape, weights[0].dtype, weights[0].device),
+                lambda: (torch.zeros_like(weights[0]), torch.zeros_like(biases[0])),
+                reuse,
+            )
+            weights.append(zero_weight)
+            biases.append(zero_bias)
         weight, bias = torch.stack(weights, 1).flatten(0, 1), torch.stack(biases, 1).flatten()
         return (weight * 2, bias * 2) if self.act == "tanh" else (weight, bias)
 
@@ -192,7 +199,12 @@ class FrequencyBandModulation(nn.Module):
         tensors = [t for conv in convs for t in (conv.weight, conv.bias)]
         no_grad = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         weight, bias = constant(
-            self, "attention_conv", parameter_key(*tensors), self._stacked_attention_conv, reuse and no_grad, 1
+            self,
+            "attention_conv",
+            lambda: parameter_key(*tensors),
+            lambda: self._stacked_attention_conv(reuse),
+            reuse and no_grad,
+            1,
         )
         logits = conv_nd(x, weight.to(x.dtype), convs[0], groups=g, bias=bias.to(x.dtype)).to(dtype)
         logits = logits.unflatten(1, (g, -1))  # (B, G, n+1, *spatial)

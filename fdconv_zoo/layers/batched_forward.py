@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .constant_cache import constant, parameter_key
 from .execution import ExecutionPlan, float32_region
-from .per_sample_conv import feature_view, per_sample_conv, position_mean
+from .per_sample_conv import feature_view, per_sample_conv
 
 if TYPE_CHECKING:
     from .fdconv import FDConv
@@ -46,6 +46,26 @@ class _Attentions(NamedTuple):
 
 def _records_autograd(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _StarReLU(torch.autograd.Function):
+    """``scale * relu(z) ** 2 + bias`` with a hand-written backward: five ops where autograd's composition of
+    relu, square and addcmul records ten (this runs once per layer and training step)."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        r = F.relu(z)
+        ctx.save_for_backward(r, scale)
+        return torch.addcmul(bias, r, r * scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        r, scale = ctx.saved_tensors
+        grad_r = grad * r
+        grad_z = grad_r * (2 * scale) if ctx.needs_input_grad[0] else None
+        grad_scale = torch.dot(grad_r.flatten(), r.flatten()).view(1) if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum().view(1) if ctx.needs_input_grad[2] else None
+        return grad_z, grad_scale, grad_bias
 
 
 def _head_scales(ksm: nn.Module) -> list[float]:
@@ -89,19 +109,19 @@ def _global_attentions(ksm: nn.Module, pooled: torch.Tensor, reuse: bool) -> _At
     bn = ksm.bn
     foldable = isinstance(bn, nn.modules.batchnorm._BatchNorm) and not bn.training and bn.running_var is not None
     if foldable and not _records_autograd(*tensors):
-        key = parameter_key(*tensors)
+        key = lambda: parameter_key(*tensors)  # noqa: E731
         fc_weight, fc_bias, weight, bias = constant(ksm, "folded", key, lambda: _folded_global_weights(ksm), reuse, 1)
         h = F.relu(torch.addmm(fc_bias, pooled, fc_weight.T)).square()
         logits = torch.addmm(bias, h, weight.T)
     else:
-        h = F.relu(ksm._normalize(pooled @ ksm.fc.weight.flatten(1).T)).square()
+        z = ksm._normalize(pooled @ ksm.fc.weight.flatten(1).T)
         weight, bias = _head_weights(ksm)
-        logits = torch.addmm(bias, torch.addcmul(ksm.relu.bias, ksm.relu.scale, h), weight.T)
-    widths = [getattr(ksm, n).out_channels if getattr(ksm, n, None) is not None else 0 for n in _HEADS]
+        logits = torch.addmm(bias, _StarReLU.apply(z, ksm.relu.scale, ksm.relu.bias), weight.T)
     if ksm.act == "softmax":  # the official softmax form has only the group attention
         return _Attentions(None, None, None, torch.softmax(logits, 1))
-    parts = torch.sigmoid(logits).split(widths, 1)
-    return _Attentions(*(p if w else None for p, w in zip(parts, widths)))
+    present = [getattr(ksm, n, None) is not None for n in _HEADS]
+    parts = iter(torch.sigmoid(logits).split([getattr(ksm, n).out_channels for n, p in zip(_HEADS, present) if p], 1))
+    return _Attentions(*(next(parts) if p else None for p in present))
 
 
 def _gain(layer: FDConv, att: _Attentions, local: bool) -> float:
@@ -227,10 +247,8 @@ def batched_forward(layer: FDConv, x: torch.Tensor, plan: ExecutionPlan) -> torc
     lead = x.shape[:-1]
     if layer.token_layout:
         x = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), layer.in_channels)
-    if plan.in_place:  # no autograd: the plain mean (its backward would write an input-sized gradient)
-        pooled = x.mean(1 if layer.token_layout else tuple(range(2, x.dim())))
-    else:
-        pooled = position_mean(x, layer.token_layout)
+    # One op (its backward writes an input-sized gradient, one pass like any other kernel on an accelerator).
+    pooled = x.mean(1 if layer.token_layout else tuple(range(2, x.dim())))
     pooled = pooled.float() if plan.float32_attention else pooled
     with float32_region(x.device.type, plan.exporting) if plan.float32_attention else contextlib.nullcontext():
         att = _global_attentions(layer.KSM_Global, pooled, plan.reuse_constants)

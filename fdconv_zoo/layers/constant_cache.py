@@ -45,8 +45,16 @@ def cached(module: nn.Module, name: str, key: Hashable, build: Callable[[], Any]
 
 
 def constant(
-    module: nn.Module, name: str, key: Hashable, build: Callable[[], Any], reuse: bool, maxsize: int = 8
+    module: nn.Module,
+    name: str,
+    key: Hashable | Callable[[], Hashable],
+    build: Callable[[], Any],
+    reuse: bool,
+    maxsize: int = 8,
 ) -> Any:
     """``build()``, from the cache where ``reuse`` (eager forwards on plain tensors), else made afresh (traced
-    graphs, where it becomes part of the graph; forwards that record autograd through parameters it reads)."""
-    return cached(module, name, key, build, maxsize) if reuse else build()
+    graphs, where it becomes part of the graph; forwards that record autograd through parameters it reads).
+    A callable ``key`` is called only where the cache is used (tracers cannot read storage pointers)."""
+    if not reuse:
+        return build()
+    return cached(module, name, key() if callable(key) else key, build, maxsize)
