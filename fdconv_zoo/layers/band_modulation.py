@@ -25,6 +25,22 @@ from .tap_sum_conv import tap_sum_conv
 __all__ = ["FrequencyBandModulation"]
 
 
+@torch._dynamo.assume_constant_result  # traced graphs get the masks as a constant, not as ops that make them
+def _pass_band_masks(
+    sizes: tuple[int, ...], cutoffs: tuple[int, ...], exact: bool, gain: float, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """(n+1, *rfftn bins) band-pass masks, highest band first: ``1 - m_0``, ``m_{j-1} - m_j``, then the lowest
+    band ``m_{n-1}``; they sum to ``gain`` (the attentions' factor 2 of the sigmoid and tanh forms)."""
+    lows = hermitian_band_masks(sizes, cutoffs, exact, dtype, device)
+    ones = torch.ones_like(lows[:1])
+    return (torch.cat([ones, lows]) - torch.cat([lows, torch.zeros_like(ones)])) * gain
+
+
+@torch._dynamo.assume_constant_result
+def _zero_block(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
 class FrequencyBandModulation(nn.Module):
     """Splits the input into frequency bands and re-weights each band with a spatial attention map.
 
@@ -160,14 +176,6 @@ class FrequencyBandModulation(nn.Module):
         return out.flatten(1, 2).to(x.dtype)
 
     # ----------------------------------------------------------------------------- batched (FFT) form
-    def _pass_bands(self, sizes: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """(n+1, *rfftn bins) band-pass masks, highest band first: ``1 - m_0``, ``m_{j-1} - m_j``, then the lowest
-        band ``m_{n-1}``; they sum to 1, and carry the attentions' factor 2 (sigmoid and tanh forms)."""
-        lows = hermitian_band_masks(sizes, self.k_list, self.exact_masks, dtype, device)
-        ones = torch.ones_like(lows[:1])
-        passes = torch.cat([ones, lows]) - torch.cat([lows, torch.zeros_like(ones)])
-        return passes if self.act == "softmax" else passes * 2
-
     def _stacked_attention_conv(self, reuse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """All band attention convolutions as one (group-major) weight and bias, plus, without a low-band
         attention, a zero one for the lowest band (its sigmoid is exactly 1/2, i.e. attention 1); the tanh form's
@@ -175,15 +183,11 @@ class FrequencyBandModulation(nn.Module):
         convs = list(self.freq_weight_conv_list)
         weights, biases = [c.weight for c in convs], [c.bias for c in convs]
         if not self.lowfreq_att:
-            zero_weight, zero_bias = constant(
-                self,
-                "zero_attention",
-                (weights[0].shape, weights[0].dtype, weights[0].device),
-                lambda: (torch.zeros_like(weights[0]), torch.zeros_like(biases[0])),
-                reuse,
-            )
-            weights.append(zero_weight)
-            biases.append(zero_bias)
+            for tensors in (weights, biases):  # a constant (cached in eager code): no op per forward
+                key = (tensors[0].shape, tensors[0].dtype, tensors[0].device)
+                tensors.append(
+                    constant(self, f"zero_{tensors[0].dim()}d", key, lambda key=key: _zero_block(*key), reuse)
+                )
         weight, bias = torch.stack(weights, 1).flatten(0, 1), torch.stack(biases, 1).flatten()
         return (weight * 2, bias * 2) if self.act == "tanh" else (weight, bias)
 
@@ -212,11 +216,13 @@ class FrequencyBandModulation(nn.Module):
             att = bounded_attention(logits, "softmax", dim=1)
         else:
             att = logits.sigmoid_() if not torch.is_grad_enabled() else torch.sigmoid(logits)
-        key = (sizes, tuple(self.k_list), self.exact_masks, self.act, dtype, x.device)
-        masks = constant(self, "band_passes", key, lambda: self._pass_bands(sizes, dtype, x.device), reuse)
+        key = (sizes, tuple(self.k_list), self.exact_masks, 1.0 if self.act == "softmax" else 2.0, dtype, x.device)
+        masks = constant(self, "band_passes", key, lambda: _pass_band_masks(*key), reuse)
         with float32_region(x.device.type, exporting):
-            spectrum = torch.fft.rfftn(x.to(dtype), dim=dims)
-            bands = torch.fft.irfftn(spectrum[:, None] * masks[:, None], s=sizes, dim=dims)  # (B, n+1, C, *spatial)
+            spectrum = torch.view_as_real(torch.fft.rfftn(x.to(dtype), dim=dims))
+            # Real (re, im) pairs times the real masks: no complex kernel (compilers generate none for those).
+            masked = torch.view_as_complex(spectrum[:, None] * masks[:, None, ..., None])
+            bands = torch.fft.irfftn(masked, s=sizes, dim=dims)  # (B, n+1, C, *spatial)
         bands = bands.unflatten(2, (g, c // g))
         weighted = (
             bands.mul_(att.transpose(1, 2)[:, :, :, None])

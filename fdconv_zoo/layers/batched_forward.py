@@ -142,14 +142,15 @@ def _local_weight(local: nn.Module, act: str) -> torch.Tensor:
     return local.conv.weight * 2 if act == "tanh" else local.conv.weight
 
 
-def _edge_mask(n2: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(n2, 2) factors on the (real, imag) parts after the inverse along the rows: zero for the imaginary parts
+@torch._dynamo.assume_constant_result  # a constant of traced graphs, not ops
+def _edge_mask(n2: int, cols: int, gain: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n2, 2) factors ``gain`` on the (real, imag) parts after the inverse along the rows, zero for the imaginary parts
     of the zero column and of an even ``cols``' Nyquist column, which the inverse real FFT must not read (torch's
     CPU inverse ignores them; other backends need not)."""
     mask = [[1.0, 1.0] for _ in range(n2)]
     for c in {0, n2 - 1} if cols % 2 == 0 else {0}:
         mask[c][1] = 0.0
-    return torch.tensor(mask, dtype=dtype, device=device)
+    return torch.tensor(mask, dtype=dtype, device=device) * gain
 
 
 def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: ExecutionPlan) -> torch.Tensor:
@@ -159,18 +160,18 @@ def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: 
     dft = layer.dft_weight
     dtype = torch.float64 if dft.dtype == torch.float64 else torch.float32
     cols = layer.weight_image_shape[1]
-    pairs = dft.to(dtype)
-    spectrum = torch.view_as_complex(pairs if pairs.is_contiguous() else pairs.contiguous())  # (P, rows, n2)
+    pairs = dft.to(dtype)  # (P, rows, n2, 2) real and imaginary parts: real products, no complex kernels
     if group is None:
-        spectrum = spectrum.sum(0, keepdim=True)
+        pairs = pairs.sum(0, keepdim=True)
     else:
         # The group attention of every bin: one gather with the (rows, n2) int32 group map, one product.
         per_bin = group.to(dtype).view(group.shape[0], layer.param_ratio, -1)[:, :, layer.frequency_group]
-        spectrum = spectrum * per_bin  # (B, P, rows, n2)
-        spectrum = spectrum.squeeze(1) if layer.param_ratio == 1 else spectrum.sum(1)
+        pairs = pairs * per_bin[..., None]  # (B, P, rows, n2, 2)
+        pairs = pairs.squeeze(1) if layer.param_ratio == 1 else pairs.sum(1)
+    spectrum = torch.view_as_complex(pairs if pairs.is_contiguous() else pairs.contiguous())
     n2 = spectrum.shape[-1]
     key = (n2, cols, gain, dtype, dft.device)
-    edge = constant(layer, "edge", key, lambda: _edge_mask(n2, cols, dtype, dft.device) * gain, plan.reuse_constants)
+    edge = constant(layer, "edge", key, lambda: _edge_mask(*key), plan.reuse_constants)
     halves = torch.view_as_real(torch.fft.ifft(spectrum, dim=-2))
     halves = halves.mul_(edge) if plan.in_place else halves * edge
     return torch.fft.irfft(torch.view_as_complex(halves), n=cols, dim=-1)
