@@ -5,14 +5,17 @@ statistics), no stale cached value after a parameter change, no host syncs, and 
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
+import dataclasses
 
 import pytest
 import torch
 from fdconv_testing import perturb_attention, relative_error
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fdconv_zoo.layers import FDConv, FDConv1d, FDConv3d, plan_execution, planning_as
+import fdconv_zoo.layers.fdconv as fdconv_module
+from fdconv_zoo.layers import FDConv, FDConv1d, FDConv3d, execution, plan_execution, planning_as
 
 CASES = [  # (class, arguments, input shape)
     (FDConv, dict(in_channels=32, out_channels=48, kernel_size=3, padding=1, bias=True), (3, 32, 9, 8)),
@@ -46,6 +49,20 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@contextlib.contextmanager
+def _fused_forms(enabled: bool):
+    """Plan every forward with ``fused_elementwise`` (as compiled graphs are planned) when ``enabled``."""
+    if not enabled:
+        yield
+        return
+    planned = execution.plan_execution
+    fdconv_module.plan_execution = lambda layer, x: dataclasses.replace(planned(layer, x), fused_elementwise=True)
+    try:
+        yield
+    finally:
+        fdconv_module.plan_execution = planned
+
+
 def _layer(cls, kwargs) -> FDConv:
     torch.manual_seed(0)
     return perturb_attention(cls(**kwargs, kernel_num=8), scale=0.3).double()
@@ -65,8 +82,11 @@ def _step(layer: FDConv, x: torch.Tensor, train: bool):
     return y.detach(), grads, copy.deepcopy(layer.state_dict())
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled_forms"])
 @pytest.mark.parametrize("cls,kwargs,shape", CASES, ids=lambda c: getattr(c, "__name__", None))
-def test_cuda_plan_computes_the_cpu_plans_function(cls, kwargs, shape):
+def test_cuda_plan_computes_the_cpu_plans_function(cls, kwargs, shape, fused):
+    """``fused`` runs the forms a compiled graph takes (symmetrised spectrum and one 2-D inverse FFT, the local
+    attention's taps as sums), here eagerly."""
     layer = _layer(cls, kwargs)
     x = torch.randn(*shape, dtype=torch.float64)
     assert not plan_execution(layer, x).batched
@@ -77,7 +97,7 @@ def test_cuda_plan_computes_the_cpu_plans_function(cls, kwargs, shape):
         expected, expected_grads, expected_state = _step(layer, x, train)
         for _ in range(2):  # the second forward runs from the filled cache
             layer.load_state_dict(start)
-            with planning_as("cuda"):
+            with planning_as("cuda"), _fused_forms(fused):
                 y, grads, state = _step(layer, x, train)
             assert relative_error(y, expected) < 1e-12
             for name, grad in expected_grads.items():  # some band attentions get no gradient (zero bands)
@@ -168,23 +188,3 @@ def test_autocast_keeps_ffts_and_attentions_in_float32():
             y = layer(x)
     assert y.dtype == torch.bfloat16
     assert relative_error(y.float(), expected) < 2e-2
-
-
-def test_compiled_training_step_matches_eager():
-    """torch.compile (fullgraph) takes the batched plan; its gradients equal the eager CPU plan's."""
-    layer = perturb_attention(FDConv(32, 48, 3, padding=1, kernel_num=8), scale=0.1).train()
-    x = torch.randn(2, 32, 8, 8)
-
-    def step(module):
-        module.zero_grad(set_to_none=True)
-        xi = x.clone().requires_grad_(True)
-        y = module(xi)
-        y.square().sum().backward()
-        return y.detach(), xi.grad
-
-    state = copy.deepcopy(layer.state_dict())
-    y, grad_x = step(layer)
-    layer.load_state_dict(state)
-    compiled_y, compiled_grad_x = step(torch.compile(layer, fullgraph=True))
-    assert relative_error(compiled_y, y) < 1e-5
-    assert relative_error(compiled_grad_x, grad_x) < 1e-5

@@ -25,7 +25,6 @@ from .tap_sum_conv import tap_sum_conv
 __all__ = ["FrequencyBandModulation"]
 
 
-@torch._dynamo.assume_constant_result  # traced graphs get the masks as a constant, not as ops that make them
 def _pass_band_masks(
     sizes: tuple[int, ...], cutoffs: tuple[int, ...], exact: bool, gain: float, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -36,7 +35,6 @@ def _pass_band_masks(
     return (torch.cat([ones, lows]) - torch.cat([lows, torch.zeros_like(ones)])) * gain
 
 
-@torch._dynamo.assume_constant_result
 def _zero_block(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.zeros(shape, dtype=dtype, device=device)
 

@@ -142,7 +142,6 @@ def _local_weight(local: nn.Module, act: str) -> torch.Tensor:
     return local.conv.weight * 2 if act == "tanh" else local.conv.weight
 
 
-@torch._dynamo.assume_constant_result  # a constant of traced graphs, not ops
 def _edge_mask(n2: int, cols: int, gain: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(n2, 2) factors ``gain`` on the (real, imag) parts after the inverse along the rows, zero for the imaginary parts
     of the zero column and of an even ``cols``' Nyquist column, which the inverse real FFT must not read (torch's
@@ -151,6 +150,18 @@ def _edge_mask(n2: int, cols: int, gain: float, dtype: torch.dtype, device: torc
     for c in {0, n2 - 1} if cols % 2 == 0 else {0}:
         mask[c][1] = 0.0
     return torch.tensor(mask, dtype=dtype, device=device) * gain
+
+
+def _hermitian_factors(
+    n2: int, cols: int, gain: float, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n2, 2) factors on a spectrum's (re, im) pairs and on its row-mirrored pairs (row ``-r``) whose sum is
+    ``gain`` times the spectrum with its edge columns (zero, and Nyquist of an even ``cols``) replaced by their
+    Hermitian part ``(D[r] + conj(D[-r])) / 2``: the part every inverse real FFT agrees on."""
+    edges = {0, n2 - 1} if cols % 2 == 0 else {0}
+    keep = [[gain / 2, gain / 2] if c in edges else [gain, gain] for c in range(n2)]
+    mirrored = [[gain / 2, -gain / 2] if c in edges else [0.0, 0.0] for c in range(n2)]
+    return torch.tensor(keep, dtype=dtype, device=device), torch.tensor(mirrored, dtype=dtype, device=device)
 
 
 def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: ExecutionPlan) -> torch.Tensor:
@@ -168,8 +179,14 @@ def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: 
         per_bin = group.to(dtype).view(group.shape[0], layer.param_ratio, -1)[:, :, layer.frequency_group]
         pairs = pairs * per_bin[..., None]  # (B, P, rows, n2, 2)
         pairs = pairs.squeeze(1) if layer.param_ratio == 1 else pairs.sum(1)
+    n2 = pairs.shape[-2]
+    if plan.fused_elementwise:  # symmetrised in the gather's kernel, then one inverse FFT
+        keep, mirrored = _hermitian_factors(n2, cols, gain, dtype, dft.device)
+        rows = pairs.shape[-3]
+        mirror = torch.tensor([-r % rows for r in range(rows)], device=dft.device)
+        pairs = pairs * keep + pairs[..., mirror, :, :] * mirrored
+        return torch.fft.irfft2(torch.view_as_complex(pairs.contiguous()), s=(rows, cols))
     spectrum = torch.view_as_complex(pairs if pairs.is_contiguous() else pairs.contiguous())
-    n2 = spectrum.shape[-1]
     key = (n2, cols, gain, dtype, dft.device)
     edge = constant(layer, "edge", key, lambda: _edge_mask(*key), plan.reuse_constants)
     halves = torch.view_as_real(torch.fft.ifft(spectrum, dim=-2))
@@ -197,7 +214,12 @@ def _modulated_weight(
             local.norm.eps,
         )
         conv = local.conv
-        logits = F.conv1d(z[:, None], _local_weight(local, layer.ksm_local_act), None, 1, conv.padding)
+        taps = _local_weight(local, layer.ksm_local_act)
+        if plan.fused_elementwise:  # the taps' sums, fused by the compiler into the kernel that uses them
+            windows = F.pad(z, (conv.padding[0], conv.padding[0])).unfold(1, taps.shape[-1], 1)  # (B, Cin, taps)
+            logits = (windows[:, None] * taps.view(1, -1, 1, taps.shape[-1])).sum(-1)
+        else:
+            logits = F.conv1d(z[:, None], taps, None, 1, conv.padding)
         sig = logits.sigmoid_() if plan.in_place else torch.sigmoid(logits)
         weight = sig.view(b, cout, k, c, cin).permute(0, 1, 4, 2, 3) * image
     channel_on_weight, filter_on_weight = on_weight

@@ -79,7 +79,8 @@ class ExecutionPlan:
     traced code (compile, export, fake tensors) builds them, so they become constants of its graph.
     ``batched``: the whole forward in a fixed handful of ops for the whole batch (:mod:`.batched_forward`), where
     every op costs a kernel launch (accelerators) or a kernel of the compiled graph; the CPU-eager and export
-    fields above are then unused.
+    fields above are then unused. ``fused_elementwise`` (compiled graphs): a compiler fuses elementwise work into
+    one kernel, so gathers and small reductions replace the ops it cannot fuse (an FFT, a 1-D convolution).
     """
 
     method: ConvMethod
@@ -95,6 +96,7 @@ class ExecutionPlan:
     tap_sum_attention: bool = False
     reuse_constants: bool = False
     batched: bool = False
+    fused_elementwise: bool = False
 
     @property
     def reuses_buffers(self) -> bool:
@@ -261,4 +263,5 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
         # A tensor subclass (fake, functional) means some tracer runs: its tensors must not enter the cache.
         reuse_constants=eager and type(x) is torch.Tensor,
         batched=batched,
+        fused_elementwise=compiling,
     )

@@ -11,7 +11,9 @@ paper, kernels need not be square and the layer is generic over the number of sp
 ``FDConv3d`` in ``fdconv_nd``): a (k1, ..., kn) kernel's weight image is (Cout*k1, Cin*k2*...*kn).
 
 The parts live beside this file: ``fourier_weight`` (FDW), ``kernel_modulation`` (KSM), ``band_modulation``
-(FBM), ``execution`` (how a forward runs) and ``per_sample_conv``; this module composes them.
+(FBM, with ``band_masks`` and ``band_split``), ``execution`` (the plan of a forward), ``eager_forward`` (the CPU and
+export plans), ``batched_forward`` (accelerators and compiled graphs: a fixed handful of batched ops) and
+``per_sample_conv``; this module composes them.
 """
 
 from __future__ import annotations
