@@ -40,8 +40,8 @@ from _common import format_table, load_official_fdconv, machine_description, med
 from bench_dense import TARGETS, Setting, activate_attentions, official_backbone, training_or_eval_step  # noqa: E402
 
 from fdconv_zoo import FDConv  # noqa: E402
+from fdconv_zoo.layers import eager_forward, fourier_weight  # noqa: E402
 from fdconv_zoo.layers import fdconv as fdconv_module  # noqa: E402
-from fdconv_zoo.layers import fourier_weight  # noqa: E402
 
 __all__ = [
     "ABLATIONS",
@@ -53,12 +53,12 @@ __all__ = [
     "training_ablations",
 ]
 
-# (label, owner, attribute): the callables timed in eval, all called inside FDConv.forward.
+# (label, owner, attribute): the callables timed in eval, all called inside FDConv.forward (the eager CPU plan).
 EVAL_PARTS = [
-    ("per-sample convolution", fdconv_module, "per_sample_conv"),
-    ("weight images (group attention x spectrum, inverse FFT)", fdconv_module, "weight_image"),
+    ("per-sample convolution", eager_forward, "per_sample_conv"),
+    ("weight images (group attention x spectrum, inverse FFT)", eager_forward, "weight_image"),
     ("local attention logits", fdconv_module.KernelSpatialModulationLocal, "forward"),
-    ("weight modulation (attention products)", fdconv_module, "modulate_weight"),
+    ("weight modulation (attention products)", eager_forward, "modulate_weight"),
     ("global attention branch", fdconv_module.KernelSpatialModulationGlobal, "forward"),
     ("frequency band modulation (FBM)", fdconv_module.FrequencyBandModulation, "forward"),
 ]

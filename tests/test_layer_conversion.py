@@ -1,4 +1,5 @@
-"""Exact conversion: a converted FDConv computes its source layer's function at initialisation."""
+"""Exact conversion: a converted FDConv computes its source layer's function at initialisation, under both the
+eager CPU plan and the CUDA plan (forced with ``planning_as``)."""
 
 import pytest
 import torch
@@ -6,6 +7,14 @@ import torch.nn as nn
 from fdconv_testing import relative_error
 
 from fdconv_zoo import FDConv, conv_weight_to_spectrum, convert_state_dict, spectrum_to_conv_weight
+from fdconv_zoo.layers import planning_as
+
+
+@pytest.fixture(params=["cpu", "cuda"], ids=["cpu_plan", "cuda_plan"])
+def planned(request):
+    with planning_as(request.param):
+        yield request.param
+
 
 CONVS = [  # (in, out, k, stride, padding, bias, input hw)
     (64, 64, 3, 1, 1, False, (20, 20)),
@@ -19,7 +28,7 @@ CONVS = [  # (in, out, k, stride, padding, bias, input hw)
 
 @pytest.mark.parametrize("cin,cout,k,stride,padding,bias,hw", CONVS)
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_from_conv_equals_source(cin, cout, k, stride, padding, bias, hw, train):
+def test_from_conv_equals_source(cin, cout, k, stride, padding, bias, hw, train, planned):
     torch.manual_seed(cin + cout + k)
     conv = nn.Conv2d(cin, cout, k, stride, padding, bias=bias).train(train)
     layer = FDConv.from_conv(conv, kernel_num=64)
@@ -30,7 +39,7 @@ def test_from_conv_equals_source(cin, cout, k, stride, padding, bias, hw, train)
             assert relative_error(layer(x), conv(x)) <= 1e-5
 
 
-def test_from_conv_dilation_and_reflect_padding():
+def test_from_conv_dilation_and_reflect_padding(planned):
     conv = nn.Conv2d(32, 32, 3, padding=2, dilation=2, padding_mode="reflect")
     layer = FDConv.from_conv(conv, kernel_num=16)
     x = torch.randn(2, 32, 11, 11)
@@ -39,7 +48,7 @@ def test_from_conv_dilation_and_reflect_padding():
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 7, 96), (3, 49, 96), (1, 96)])
-def test_from_linear_equals_source(shape):
+def test_from_linear_equals_source(shape, planned):
     linear = nn.Linear(96, 40)
     layer = FDConv.from_conv(linear, kernel_num=64)
     assert layer.token_layout and layer.in_features == 96 and layer.out_features == 40

@@ -16,7 +16,7 @@ from fdconv_testing import perturb_attention, relative_error
 
 from fdconv_zoo import FDConv
 from fdconv_zoo.layers import ConvMethod, ExecutionPlan, execution, plan_execution
-from fdconv_zoo.layers.band_modulation import _cached_band_matrices
+from fdconv_zoo.layers.band_split import _cached_band_matrices
 from fdconv_zoo.layers.tap_sum_conv import tap_sum_conv
 
 CASES = [

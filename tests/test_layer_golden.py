@@ -1,4 +1,5 @@
-"""The layer against test vectors computed by the official FDConv implementation (tests/data/golden)."""
+"""The layer against test vectors computed by the official FDConv implementation (tests/data/golden), under both
+the eager CPU plan and the CUDA plan (batched ops; forced here with ``planning_as``)."""
 
 import json
 from pathlib import Path
@@ -8,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from fdconv_zoo import FDConv
-from fdconv_zoo.layers import band_masks, frequency_group_map
+from fdconv_zoo.layers import band_masks, frequency_group_map, planning_as
 
 GOLDEN = sorted((Path(__file__).parent / "data" / "golden").glob("*.safetensors"))
 
@@ -38,20 +39,32 @@ def build_layer(config: dict, tensors: dict[str, torch.Tensor]) -> FDConv:
     return layer
 
 
+@pytest.fixture(params=["cpu", "cuda"], ids=["cpu_plan", "cuda_plan"])
+def planned(request):
+    """Every forward in the test planned as on this device type (the tensors stay on the CPU)."""
+    with planning_as(request.param):
+        yield request.param
+
+
 def test_golden_files_present():
     assert len(GOLDEN) == 13
     assert len(cases_with("aux.group_id")) == 12 and len(cases_with("aux.fbm_masks")) == 8
 
 
+@pytest.mark.parametrize("autograd", [False, True], ids=["no_grad", "autograd"])
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
-def test_output_matches_official(path):
+def test_output_matches_official(path, planned, autograd):
     config, meta, t = load_case(path)
     layer = build_layer(config, t)
     layer.train(meta["mode"] == "train")
     assert layer.use_fdconv == (meta["branch"] != "fallback")
-    with torch.no_grad():
-        out = layer(t["input"])
-    torch.testing.assert_close(out, t["output"], rtol=1e-4, atol=1e-4)
+    x = t["input"].clone().requires_grad_(autograd)
+    with torch.set_grad_enabled(autograd):
+        out = layer(x)
+    torch.testing.assert_close(out.detach(), t["output"], rtol=1e-4, atol=1e-4)
+    if autograd:  # the recorded graph runs backward
+        out.square().sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
     post = {k.removeprefix("post_state."): v for k, v in t.items() if k.startswith("post_state.")}
     assert bool(post) == (meta["mode"] == "train")
     state = layer.state_dict()

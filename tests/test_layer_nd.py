@@ -31,7 +31,7 @@ from fdconv_zoo import (
     spectrum_to_conv_weight,
 )
 from fdconv_zoo.layers import ConvMethod, band_lowpass, frequency_group_map, plan_execution
-from fdconv_zoo.layers.band_modulation import _band_lowpass_nd
+from fdconv_zoo.layers.band_split import _band_lowpass_nd
 from fdconv_zoo.layers.per_sample_conv import per_sample_conv
 
 CLASSES = {1: FDConv1d, 2: FDConv, 3: FDConv3d}

@@ -1,9 +1,12 @@
 """The FDConv layer and its parts: Fourier Disjoint Weight (``fourier_weight``), Kernel Spatial Modulation
-(``kernel_modulation``), Frequency Band Modulation (``band_modulation``), and how a forward runs
-(``execution``, ``per_sample_conv``); ``fdconv_nd`` has the 1-D and 3-D layers. Nothing here imports from the rest
+(``kernel_modulation``), Frequency Band Modulation (``band_modulation``, ``band_masks``, ``band_split``), and how a
+forward runs (``execution`` plans it; ``eager_forward`` on CPUs and in exports, ``batched_forward`` on accelerators
+and in compiled graphs; ``per_sample_conv``, ``constant_cache``); ``fdconv_nd`` has the 1-D and 3-D layers. Nothing here imports from the rest
 of the package."""
 
-from .band_modulation import FrequencyBandModulation, band_lowpass, band_masks
+from .band_masks import band_masks
+from .band_modulation import FrequencyBandModulation
+from .band_split import band_lowpass
 from .bounded_attention import bounded_attention
 from .execution import ConvMethod, ExecutionPlan, plan_execution, planning_as
 from .fdconv import FDConv

@@ -77,6 +77,10 @@ class ExecutionPlan:
     shifted sums (:mod:`.tap_sum_conv`), which in inference beats the CPU's direct convolution to three channels.
     ``reuse_constants``: eager code on plain tensors takes the band split's DFT matrices from a per-size cache;
     traced code (compile, export, fake tensors) builds them, so they become constants of its graph.
+    ``batched``: the whole forward in a fixed handful of ops for the whole batch (:mod:`.batched_forward`), where
+    every op costs a kernel launch (accelerators) or a kernel of the compiled graph; the CPU-eager and export
+    fields above are then unused. ``fused_elementwise`` (compiled graphs): a compiler fuses elementwise work into
+    one kernel, so gathers and small reductions replace the ops it cannot fuse (an FFT, a 1-D convolution).
     """
 
     method: ConvMethod
@@ -91,6 +95,8 @@ class ExecutionPlan:
     convolution_band_gemms: bool = False
     tap_sum_attention: bool = False
     reuse_constants: bool = False
+    batched: bool = False
+    fused_elementwise: bool = False
 
     @property
     def reuses_buffers(self) -> bool:
@@ -236,6 +242,9 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
     eager = not exporting and not compiling
     eager_cpu = eager and _device_type(x) == "cpu"
     whole_batch = not eager_cpu  # a symbolic batch must not be looped over
+    batched = whole_batch and not exporting
+    if batched:  # kernels, not bytes, bound these: the weights are kept for backward unless asked otherwise
+        recompute = layer.recompute_weight
     return ExecutionPlan(
         method=_method(layer, x, exporting, compiling),
         samples_per_chunk=None if whole_batch else _samples_per_chunk(layer, x.shape[0], grad),
@@ -253,4 +262,6 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
         tap_sum_attention=eager_cpu and not records_autograd,
         # A tensor subclass (fake, functional) means some tracer runs: its tensors must not enter the cache.
         reuse_constants=eager and type(x) is torch.Tensor,
+        batched=batched,
+        fused_elementwise=compiling,
     )

@@ -11,12 +11,13 @@ paper, kernels need not be square and the layer is generic over the number of sp
 ``FDConv3d`` in ``fdconv_nd``): a (k1, ..., kn) kernel's weight image is (Cout*k1, Cin*k2*...*kn).
 
 The parts live beside this file: ``fourier_weight`` (FDW), ``kernel_modulation`` (KSM), ``band_modulation``
-(FBM), ``execution`` (how a forward runs) and ``per_sample_conv``; this module composes them.
+(FBM, with ``band_masks`` and ``band_split``), ``execution`` (the plan of a forward), ``eager_forward`` (the CPU and
+export plans), ``batched_forward`` (accelerators and compiled graphs: a fixed handful of batched ops) and
+``per_sample_conv``; this module composes them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -24,14 +25,14 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from .band_modulation import FrequencyBandModulation
+from .batched_forward import batched_forward
 from .conv_geometry import conv_nd, normalised_conv_args
-from .execution import ConvMethod, ExecutionPlan, Workspace, float32_region, plan_execution
+from .eager_forward import eager_forward
+from .execution import ExecutionPlan, plan_execution
 from .fdconv_args import check_fdconv_args, check_input, check_token_layout, fbm_config, kernel_in, uses_fdconv
 from .fourier_weight import (
-    WeightSpectrum,
     conv_weight_to_spectrum,
     image_shape,
     image_to_conv_weight,
@@ -40,31 +41,12 @@ from .fourier_weight import (
 )
 from .frequency_groups import frequency_group_map
 from .kernel_modulation import (
-    KernelAttentions,
     KernelSpatialModulationGlobal,
     KernelSpatialModulationLocal,
-    modulate_weight,
 )
-from .per_sample_conv import per_sample_conv
 from .plain_conv import convert_plain_layer, plain_weight_error
 
 __all__ = ["FDConv"]
-
-
-def _feature_view(channels: torch.Tensor, token_layout: bool, spatial_dims: int) -> torch.Tensor:
-    """(..., C) per-channel factors (attentions, bias) shaped to scale features: (..., 1, C) tokens or
-    (..., C, 1, ...) maps."""
-    return channels[..., None, :] if token_layout else channels[(..., *(None,) * spatial_dims)]
-
-
-def _position_mean(x: torch.Tensor, token_layout: bool) -> torch.Tensor:
-    """(B, C): ``x`` averaged over its positions, as ``mean`` computes it (a sum divided by their number).
-
-    Written as that sum so that backward hands the input an expanded view of the pooled gradient: ``mean``'s
-    backward divides it into a fresh input-sized tensor, one more pass and allocation per layer (at 512x512,
-    batch 2, a 32 MiB tensor for each of ResNet-50's first-stage layers)."""
-    dims = (1,) if token_layout else tuple(range(2, x.dim()))
-    return x.sum(dims) / math.prod([x.shape[d] for d in dims])  # a list: torch.compile cannot trace a generator here
 
 
 class FDConv(nn.Module):
@@ -323,108 +305,9 @@ class FDConv(nn.Module):
         if not self._frequency_group_ready:  # materialised from "meta" by a framework that never called the init
             self.init_non_persistent_buffers()
         plan = plan_execution(self, x) if plan is None else plan
-        lead = x.shape[:-1]
-        if self.token_layout:
-            x = x.reshape(
-                x.shape[0], math.prod(x.shape[1:-1]), self.in_channels
-            )  # explicit sizes: batch 0 under export
-        pooled = _position_mean(x, self.token_layout)
-        # Under autocast the small (B, Cin) attention work runs in float32: half precision costs visible accuracy.
-        with float32_region(x.device.type, plan.exporting) if plan.float32_attention else contextlib.nullcontext():
-            attentions = self.KSM_Global(pooled.float() if plan.float32_attention else pooled)
-        if hasattr(self, "FBM"):
-            x = self.FBM(
-                x,
-                in_place=plan.in_place,
-                exporting=plan.exporting,
-                recompute=plan.recompute_bands,
-                convolution_gemms=plan.convolution_band_gemms,
-                tap_sum_attention=plan.tap_sum_attention,
-                reuse_constants=plan.reuse_constants,
-            )
-        filt = attentions.filter
-        if not plan.fold_attention:  # the separable attentions scale the features; the kernel keeps the others
-            if attentions.channel is not None:
-                x = x * _feature_view(attentions.channel, self.token_layout, self.spatial_dims).to(x.dtype)
-            attentions = attentions._replace(channel=None, filter=None)
-        with float32_region(x.device.type, plan.exporting):
-            # Once per batch; separate planes only where the products run on them (the CPU multiplies complex pairs).
-            spectrum = static_spectrum(
-                self.dft_weight, self.frequency_group, copy_planes=plan.in_place and not plan.fft_reads_hermitian_part
-            )
-        # The bias is added inside the convolution unless the filter attention must scale the output first.
-        filter_on_output = filt is not None and not plan.fold_attention
-        workspaces: dict[int, Workspace] = {}  # buffers reused across chunks without autograd, one set per chunk size
-        if plan.samples_per_chunk is None:  # no loop over a batch size that may be symbolic, and no indexing
-            chunks = [(x, pooled, attentions)]
-        else:
-            # split views: their backward concatenates the chunks' gradients, where indexing (even x[:]) makes
-            # every chunk's gradient a zero-filled tensor of the whole input.
-            size = plan.samples_per_chunk
-            xs = x.split(size)
-            chunks = list(zip(xs, pooled.split(size), attentions.split(size, len(xs))))
-        outputs = []
-        for chunk in chunks:
-            args = (*chunk, spectrum, None if filter_on_output else self.bias, plan)
-            if plan.recompute:
-                # Keep none of the per-sample weights for backward, recompute them there, a chunk at a time
-                # (KSM_Global, with its BatchNorm statistics, stays outside and runs once).
-                outputs.append(checkpoint(self._dynamic_conv, *args, use_reentrant=False))
-            else:
-                workspace = workspaces.setdefault(args[0].shape[0], {}) if plan.reuses_buffers else None
-                outputs.append(self._dynamic_conv(*args, workspace))
-        y = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-        if filter_on_output:
-            factor = _feature_view(filt, self.token_layout, self.spatial_dims).to(y.dtype)
-            if self.bias is None:
-                y = y * factor
-            else:
-                bias = self.bias if self.token_layout else _feature_view(self.bias, False, self.spatial_dims)
-                y = torch.addcmul(bias.to(y.dtype), y, factor)
-        return y.reshape(*lead, self.out_channels) if self.token_layout else y
-
-    def _dynamic_conv(
-        self,
-        x: torch.Tensor,
-        pooled: torch.Tensor,
-        attentions: KernelAttentions,
-        spectrum: WeightSpectrum,
-        bias: torch.Tensor | None,
-        plan: ExecutionPlan,
-        workspace: Workspace | None = None,
-    ) -> torch.Tensor:
-        """Build the per-sample weights (local attention, spectrum, modulation) and apply them and ``bias`` to ``x``.
-
-        With im2col the separable attentions (spatial, and channel/filter when folded) scale the unfolded input
-        and the output instead of the weight.
-        """
-        on_features = (
-            attentions._replace(group=None)
-            if plan.method is ConvMethod.IM2COL
-            else KernelAttentions(None, None, None, None)
-        )
-        on_weight = KernelAttentions(None, None, None, None) if plan.method is ConvMethod.IM2COL else attentions
-        with float32_region(x.device.type, plan.exporting):
-            local_logits = self.KSM_Local(pooled, workspace) if hasattr(self, "KSM_Local") else None
-            # att_multi, the local attention's constant factor, scales the spectrum (a scalar) instead of the weight.
-            scale = self.att_multi if local_logits is not None and self.ksm_local_act == "sigmoid" else 1.0
-            image = weight_image(
-                spectrum,
-                attentions.group,
-                kernel_num=self.kernel_num,
-                scale=self.alpha * scale,
-                cols=self.weight_image_shape[1],
-                workspace=workspace,
-                exportable=plan.exporting,
-                in_place=plan.in_place,
-                reads_hermitian_part=plan.fft_reads_hermitian_part,
-            )
-            weight = modulate_weight(
-                image, local_logits, on_weight, self.kernel_size, local_act=self.ksm_local_act, in_place=plan.in_place
-            )
-        if not plan.float32_attention:  # under autocast the convolution itself casts the float32 weight
-            weight = weight.to(x.dtype)
-        return per_sample_conv(x, weight, self, plan.method, on_features, bias)
+        if plan.batched:
+            return batched_forward(self, x, plan)
+        return eager_forward(self, x, plan)
 
     def _static_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution with the stored (neutral-attention) weight, for an empty batch: it has no per-sample

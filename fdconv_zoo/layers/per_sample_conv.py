@@ -21,9 +21,25 @@ from .conv_geometry import ConvGeometry, conv_nd, output_size, pad_explicitly
 from .execution import ConvMethod
 from .kernel_modulation import KernelAttentions, tap_factor
 
-__all__ = ["per_sample_conv"]
+__all__ = ["feature_view", "per_sample_conv", "position_mean"]
 
 _NO_ATTENTIONS = KernelAttentions(None, None, None, None)
+
+
+def feature_view(channels: torch.Tensor, token_layout: bool, spatial_dims: int) -> torch.Tensor:
+    """(..., C) per-channel factors (attentions, bias) shaped to scale features: (..., 1, C) tokens or
+    (..., C, 1, ...) maps."""
+    return channels[..., None, :] if token_layout else channels[(..., *(None,) * spatial_dims)]
+
+
+def position_mean(x: torch.Tensor, token_layout: bool) -> torch.Tensor:
+    """(B, C): ``x`` averaged over its positions, as ``mean`` computes it (a sum divided by their number).
+
+    Written as that sum so that backward hands the input an expanded view of the pooled gradient: ``mean``'s
+    backward divides it into a fresh input-sized tensor, one more pass and allocation per layer (at 512x512,
+    batch 2, a 32 MiB tensor for each of ResNet-50's first-stage layers)."""
+    dims = (1,) if token_layout else tuple(range(2, x.dim()))
+    return x.sum(dims) / math.prod([x.shape[d] for d in dims])  # a list: torch.compile cannot trace a generator here
 
 
 def per_sample_conv(

@@ -1,0 +1,284 @@
+"""FDConv's forward in a fixed handful of batched ops: the plan of accelerators and compiled graphs.
+
+On a GPU an eager forward costs about one kernel launch per op, whatever the op's size, so here every step runs
+once for the whole batch: one pooled descriptor; one matrix product for all attention heads (in inference with
+the batch norm, StarReLU and temperatures folded into cached weights); one gather of the group attentions onto
+the spectrum's bins and one product; one inverse FFT along the rows, one product that keeps the real part of the
+edge columns (what the CPU's inverse real FFT reads of a non-Hermitian spectrum, made explicit so every FFT
+backend agrees) and one inverse real FFT along the columns; the local and separable attentions in three
+products, the last of which writes the kernel in the convolution's layout; one grouped convolution. Constants
+(index maps, masks, matrices) and, without autograd, parameter-derived values are kept per layer
+(:mod:`.constant_cache`); traced graphs build them in the graph, where they become constants. No op depends on
+tensor values (no host syncs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .constant_cache import constant, parameter_key
+from .execution import ExecutionPlan, float32_region
+from .per_sample_conv import feature_view, per_sample_conv
+
+if TYPE_CHECKING:
+    from .fdconv import FDConv
+
+__all__ = ["batched_forward"]
+
+_HEADS = ("channel_fc", "filter_fc", "spatial_fc", "kernel_fc")
+
+
+class _Attentions(NamedTuple):
+    """Per-sample activations of the global branch (None where absent), without their constant factors."""
+
+    channel: torch.Tensor | None  # (B, Cin)
+    filter: torch.Tensor | None  # (B, Cout)
+    spatial: torch.Tensor | None  # (B, prod(kernel_size))
+    group: torch.Tensor | None  # (B, KN * P)
+
+
+def _records_autograd(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _StarReLU(torch.autograd.Function):
+    """``scale * relu(z) ** 2 + bias`` with a hand-written backward: five ops where autograd's composition of
+    relu, square and addcmul records ten (this runs once per layer and training step)."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        r = F.relu(z)
+        ctx.save_for_backward(r, scale)
+        return torch.addcmul(bias, r, r * scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        r, scale = ctx.saved_tensors
+        grad_r = grad * r
+        grad_z = grad_r * (2 * scale) if ctx.needs_input_grad[0] else None
+        grad_scale = torch.dot(grad_r.flatten(), r.flatten()).view(1) if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum().view(1) if ctx.needs_input_grad[2] else None
+        return grad_z, grad_scale, grad_bias
+
+
+def _head_scales(ksm: nn.Module) -> list[float]:
+    """Per head logit: the inverse temperature, doubled for the tanh form (``1 + tanh(z) = 2 sigmoid(2 z)``)."""
+    act_gain = 2.0 if ksm.act == "tanh" else 1.0
+    scales = []
+    for name in _HEADS:
+        head = getattr(ksm, name, None)
+        if head is not None:
+            temp = ksm.kernel_temp if name == "kernel_fc" else ksm.temp
+            scales += [act_gain / temp] * head.out_channels
+    return scales
+
+
+def _head_weights(ksm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every head's 1x1 convolution as one (heads, A) matrix and bias, the logit scales folded in."""
+    heads = [getattr(ksm, n) for n in _HEADS if getattr(ksm, n, None) is not None]
+    weight = torch.cat([h.weight.flatten(1) for h in heads])
+    bias = torch.cat([h.bias for h in heads])
+    scales = _head_scales(ksm)
+    if all(s == 1.0 for s in scales):
+        return weight, bias
+    scale = torch.tensor(scales, dtype=weight.dtype, device=weight.device)
+    return weight * scale[:, None], bias * scale
+
+
+def _folded_global_weights(ksm: nn.Module) -> tuple[torch.Tensor, ...]:
+    """Inference weights: the batch norm (running statistics) folded into the descriptor projection, StarReLU's
+    scale and bias into the heads: ``heads(s relu(z)^2 + t) = (s W) relu(z)^2 + (b + t W 1)``."""
+    bn = ksm.bn
+    gain = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    fc_weight = ksm.fc.weight.flatten(1) * gain[:, None]
+    fc_bias = bn.bias - bn.running_mean * gain
+    weight, bias = _head_weights(ksm)
+    return fc_weight, fc_bias, weight * ksm.relu.scale, bias + weight.sum(1) * ksm.relu.bias
+
+
+def _global_attentions(ksm: nn.Module, pooled: torch.Tensor, reuse: bool) -> _Attentions:
+    """The global branch's activations: sigmoids of the (scaled) head logits, or the softmax group attention."""
+    tensors = [p for p in ksm.parameters()] + [b for b in ksm.buffers() if b.is_floating_point()]
+    bn = ksm.bn
+    foldable = isinstance(bn, nn.modules.batchnorm._BatchNorm) and not bn.training and bn.running_var is not None
+    if foldable and not _records_autograd(*tensors):
+        key = lambda: parameter_key(*tensors)  # noqa: E731
+        fc_weight, fc_bias, weight, bias = constant(ksm, "folded", key, lambda: _folded_global_weights(ksm), reuse, 1)
+        h = F.relu(torch.addmm(fc_bias, pooled, fc_weight.T)).square()
+        logits = torch.addmm(bias, h, weight.T)
+    else:
+        z = ksm._normalize(pooled @ ksm.fc.weight.flatten(1).T)
+        weight, bias = _head_weights(ksm)
+        logits = torch.addmm(bias, _StarReLU.apply(z, ksm.relu.scale, ksm.relu.bias), weight.T)
+    if ksm.act == "softmax":  # the official softmax form has only the group attention
+        return _Attentions(None, None, None, torch.softmax(logits, 1))
+    present = [getattr(ksm, n, None) is not None for n in _HEADS]
+    parts = iter(torch.sigmoid(logits).split([getattr(ksm, n).out_channels for n, p in zip(_HEADS, present) if p], 1))
+    return _Attentions(*(next(parts) if p else None for p in present))
+
+
+def _gain(layer: FDConv, att: _Attentions, local: bool) -> float:
+    """The constant factors of every attention, multiplied into one scalar on the spectrum: ``alpha``, ``2 / KN``
+    of the group sigmoid (``1 / KN`` for a single group, 1 for the softmax), the channel, filter and spatial
+    attentions' ``att_multi`` (2 for tanh), the local attention's."""
+    ksm = layer.KSM_Global
+    act_gain = layer.att_multi if ksm.act == "sigmoid" else 2.0
+    groups = ksm.kernel_num
+    gain = layer.alpha * (1.0 if ksm.act == "softmax" else (2.0 if att.group is not None else 1.0) / groups)
+    gain *= act_gain ** sum(t is not None for t in att[:3])
+    if local:
+        gain *= layer.att_multi if layer.ksm_local_act == "sigmoid" else 2.0
+    return gain
+
+
+def _local_weight(local: nn.Module, act: str) -> torch.Tensor:
+    return local.conv.weight * 2 if act == "tanh" else local.conv.weight
+
+
+def _edge_mask(n2: int, cols: int, gain: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n2, 2) factors ``gain`` on the (real, imag) parts after the inverse along the rows, zero for the imaginary parts
+    of the zero column and of an even ``cols``' Nyquist column, which the inverse real FFT must not read (torch's
+    CPU inverse ignores them; other backends need not)."""
+    mask = [[1.0, 1.0] for _ in range(n2)]
+    for c in {0, n2 - 1} if cols % 2 == 0 else {0}:
+        mask[c][1] = 0.0
+    return torch.tensor(mask, dtype=dtype, device=device) * gain
+
+
+def _hermitian_factors(
+    n2: int, cols: int, gain: float, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n2, 2) factors on a spectrum's (re, im) pairs and on its row-mirrored pairs (row ``-r``) whose sum is
+    ``gain`` times the spectrum with its edge columns (zero, and Nyquist of an even ``cols``) replaced by their
+    Hermitian part ``(D[r] + conj(D[-r])) / 2``: the part every inverse real FFT agrees on."""
+    edges = {0, n2 - 1} if cols % 2 == 0 else {0}
+    keep = [[gain / 2, gain / 2] if c in edges else [gain, gain] for c in range(n2)]
+    mirrored = [[gain / 2, -gain / 2] if c in edges else [0.0, 0.0] for c in range(n2)]
+    return torch.tensor(keep, dtype=dtype, device=device), torch.tensor(mirrored, dtype=dtype, device=device)
+
+
+def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: ExecutionPlan) -> torch.Tensor:
+    """(B or 1, rows, cols) weight images: the spectrum's bins times ``gain`` and their group's attention.
+
+    The parameter is read as a complex view (no copy); ``gain`` rides on the constant edge factors."""
+    dft = layer.dft_weight
+    dtype = torch.float64 if dft.dtype == torch.float64 else torch.float32
+    cols = layer.weight_image_shape[1]
+    pairs = dft.to(dtype)  # (P, rows, n2, 2) real and imaginary parts: real products, no complex kernels
+    if group is None:
+        pairs = pairs.sum(0, keepdim=True)
+    else:
+        # The group attention of every bin: one gather with the (rows, n2) int32 group map, one product.
+        per_bin = group.to(dtype).view(group.shape[0], layer.param_ratio, -1)[:, :, layer.frequency_group]
+        pairs = pairs * per_bin[..., None]  # (B, P, rows, n2, 2)
+        pairs = pairs.squeeze(1) if layer.param_ratio == 1 else pairs.sum(1)
+    n2 = pairs.shape[-2]
+    if plan.fused_elementwise:  # symmetrised in the gather's kernel, then one inverse FFT
+        keep, mirrored = _hermitian_factors(n2, cols, gain, dtype, dft.device)
+        rows = pairs.shape[-3]
+        mirror = torch.tensor([-r % rows for r in range(rows)], device=dft.device)
+        pairs = pairs * keep + pairs[..., mirror, :, :] * mirrored
+        return torch.fft.irfft2(torch.view_as_complex(pairs.contiguous()), s=(rows, cols))
+    spectrum = torch.view_as_complex(pairs if pairs.is_contiguous() else pairs.contiguous())
+    key = (n2, cols, gain, dtype, dft.device)
+    edge = constant(layer, "edge", key, lambda: _edge_mask(*key), plan.reuse_constants)
+    halves = torch.view_as_real(torch.fft.ifft(spectrum, dim=-2))
+    halves = halves.mul_(edge) if plan.in_place else halves * edge
+    return torch.fft.irfft(torch.view_as_complex(halves), n=cols, dim=-1)
+
+
+def _modulated_weight(
+    layer: FDConv, pooled: torch.Tensor, att: _Attentions, on_weight: tuple[bool, bool], plan: ExecutionPlan
+) -> torch.Tensor:
+    """Per-sample kernels (B, Cout, Cin, k1, c) in the convolution's memory layout (c = k2*...*kn)."""
+    b = pooled.shape[0]
+    k, c = layer.kernel_size[0], math.prod(layer.kernel_size[1:])
+    cout, cin = layer.out_channels, layer.in_channels
+    local = getattr(layer, "KSM_Local", None)
+    image = _weight_image(layer, att.group, _gain(layer, att, local is not None), plan)
+    image = image.view(-1, cout, k, cin, c).permute(0, 1, 3, 2, 4)  # logical (B, Cout, Cin, k1, c)
+    weight = image
+    if local is not None:
+        z = F.layer_norm(
+            pooled.to(local.conv.weight.dtype),
+            local.norm.normalized_shape,
+            local.norm.weight,
+            local.norm.bias,
+            local.norm.eps,
+        )
+        conv = local.conv
+        taps = _local_weight(local, layer.ksm_local_act)
+        if plan.fused_elementwise:  # the taps' sums, fused by the compiler into the kernel that uses them
+            windows = F.pad(z, (conv.padding[0], conv.padding[0])).unfold(1, taps.shape[-1], 1)  # (B, Cin, taps)
+            logits = (windows[:, None] * taps.view(1, -1, 1, taps.shape[-1])).sum(-1)
+        else:
+            logits = F.conv1d(z[:, None], taps, None, 1, conv.padding)
+        sig = logits.sigmoid_() if plan.in_place else torch.sigmoid(logits)
+        weight = sig.view(b, cout, k, c, cin).permute(0, 1, 4, 2, 3) * image
+    channel_on_weight, filter_on_weight = on_weight
+    taps = None
+    if att.spatial is not None:
+        taps = att.spatial.view(b, 1, 1, k, c)
+    if att.channel is not None and channel_on_weight:
+        channel = att.channel.view(b, 1, cin, 1, 1)
+        taps = channel if taps is None else taps * channel
+    # The tap factor goes first: its (Cin, k1, c) strides make the product's memory layout the convolution's.
+    weight = taps * weight if taps is not None else weight.contiguous()
+    if att.filter is not None and filter_on_weight:
+        factor = att.filter.view(b, cout, 1, 1, 1)
+        weight = weight.mul_(factor) if plan.in_place and weight.shape[0] == b else weight * factor
+    return weight.expand(b, -1, -1, -1, -1)
+
+
+def _dynamic_conv(
+    layer: FDConv,
+    x: torch.Tensor,
+    pooled: torch.Tensor,
+    att: _Attentions,
+    bias: torch.Tensor | None,
+    plan: ExecutionPlan,
+) -> torch.Tensor:
+    """The per-sample kernels and the convolution (a function of its own, so backward can recompute it)."""
+    filter_on_weight = plan.fold_attention or att.filter is None
+    channel_on_weight = plan.fold_attention or att.spatial is not None or att.channel is None
+    with float32_region(x.device.type, plan.exporting):
+        weight = _modulated_weight(layer, pooled, att, (channel_on_weight, filter_on_weight), plan)
+    if not plan.float32_attention:  # under autocast the convolution itself casts the float32 weight
+        weight = weight.to(x.dtype)
+    if not channel_on_weight:
+        x = x * feature_view(att.channel, layer.token_layout, layer.spatial_dims).to(x.dtype)
+    # The kernel's logical image layout (B, Cout, k1, Cin, c), whose permutation back to the memory is a view.
+    y = per_sample_conv(x, weight.transpose(2, 3), layer, plan.method, bias=bias if filter_on_weight else None)
+    if filter_on_weight:
+        return y
+    factor = feature_view(att.filter, layer.token_layout, layer.spatial_dims).to(y.dtype)
+    if bias is None:
+        return y.mul_(factor) if plan.in_place else y * factor
+    bias = bias if layer.token_layout else feature_view(bias, False, layer.spatial_dims)
+    return torch.addcmul(bias.to(y.dtype), y, factor)
+
+
+def batched_forward(layer: FDConv, x: torch.Tensor, plan: ExecutionPlan) -> torch.Tensor:
+    """``layer(x)`` for a non-empty batch, every step once for the whole batch (see the module docstring)."""
+    lead = x.shape[:-1]
+    if layer.token_layout:
+        x = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), layer.in_channels)
+    # One op (its backward writes an input-sized gradient, one pass like any other kernel on an accelerator).
+    pooled = x.mean(1 if layer.token_layout else tuple(range(2, x.dim())))
+    pooled = pooled.float() if plan.float32_attention else pooled
+    with float32_region(x.device.type, plan.exporting) if plan.float32_attention else contextlib.nullcontext():
+        att = _global_attentions(layer.KSM_Global, pooled, plan.reuse_constants)
+    if hasattr(layer, "FBM"):
+        x = layer.FBM.forward_batched(x, exporting=plan.exporting, reuse=plan.reuse_constants)
+    if plan.recompute:
+        y = checkpoint(_dynamic_conv, layer, x, pooled, att, layer.bias, plan, use_reentrant=False)
+    else:
+        y = _dynamic_conv(layer, x, pooled, att, layer.bias, plan)
+    return y.reshape(*lead, layer.out_channels) if layer.token_layout else y
