@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -255,3 +257,32 @@ def test_compiled_kernel_count_without_building_them(bench_cost):
     model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4), nn.Sigmoid())
     counts = bench_cost.compiled_kernels(model, torch.randn(2, 16), plan="cpu")
     assert counts == {"generated": 2, "extern": 2}  # two addmm calls, each followed by one fused pointwise kernel
+
+
+def test_gpu_check_dry_run_writes_the_machine_file(tmp_path):
+    """gpu_check.sh --dry-run runs the GPU script's whole path on the CPU (the golden vectors, tiny eager cells)."""
+    out = tmp_path / "dry.json"
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "REPEATS": "1"}
+    done = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--dry-run"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["correctness"] == {"passed": True, "failures": []}
+    assert [(c["dtype"], c["execution"]) for c in results["cells"]] == [("float32", "eager"), ("bfloat16", "eager")]
+    for cell in results["cells"]:
+        assert "errors" not in cell, cell.get("errors")
+        for key in ("eval_ms", "train_ms", "peak_train_mib"):
+            assert set(cell[key]) == {"base", "fdconv"} and all(v > 0 for v in cell[key].values()), key
+        assert cell["train_fdconv_over_base"] == pytest.approx(cell["train_ms"]["fdconv"] / cell["train_ms"]["base"])
+    bad = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--fast"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option --fast" in bad.stderr
+
+
+def test_gpu_measure_names_the_file_after_the_gpu():
+    gpu_measure = _load("gpu_measure")
+    assert gpu_measure.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    cells = gpu_measure.plan_cells(dry_run=False)
+    assert cells[0] == (gpu_measure.Setting("resnet50", 512, 512, 2), "float32", "eager")
+    assert {e for _, _, e in cells} == {"eager", "compiled", "reduce-overhead"}
+    assert {(s.height, s.width) for s, _, _ in cells} == {(512, 512), (800, 1333)}
