@@ -40,7 +40,15 @@ from op_counts import OpCostMode  # noqa: E402
 from fdconv_zoo import FDConv  # noqa: E402
 from fdconv_zoo.layers import planning_as  # noqa: E402
 
-__all__ = ["COMPILE_SETTING", "DEFAULT_SETTINGS", "count_model", "compiled_kernels", "main", "write_results"]
+__all__ = [
+    "COMPILE_SETTING",
+    "DEFAULT_SETTINGS",
+    "compiled_kernels",
+    "count_model",
+    "main",
+    "render_markdown",
+    "write_results",
+]
 
 DEFAULT_SETTINGS = [
     Setting("resnet50", 512, 512, 2),
@@ -75,6 +83,7 @@ _VARIANTS = ("base", "fdconv", "official")
 
 
 def _tracked_layers(model: nn.Module, official_cls: type | None) -> dict[str, nn.Module]:
+    """The layers whose ops are attributed to them: active FDConv layers and official ones."""
     kinds = (FDConv,) + ((official_cls,) if official_cls else ())
     return {
         name: m

@@ -118,7 +118,7 @@ def _measure_cell(
                 fns[name] = fn
             except Exception as exc:  # noqa: BLE001  (recorded in the file, the other models go on)
                 cell.setdefault("errors", {})[f"{mode} {name}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-        rounds = round_robin_times(fns, device, warmup=2, repeats=repeats)
+        rounds = round_robin_times(fns, device, warmup=1 if device.type == "cpu" else 2, repeats=repeats)
         cell[f"{mode}_ms"] = medians(rounds)
         cell[f"{mode}_rounds_ms"] = rounds
         cell[f"{mode}_wall_s"] = time.perf_counter() - started
