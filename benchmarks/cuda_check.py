@@ -2,6 +2,7 @@
 
     python benchmarks/cuda_check.py                 # needs a CUDA device; exits 1 if a check fails
     python benchmarks/cuda_check.py --device cpu    # the same checks on the CPU (a smoke run of this script)
+    python benchmarks/cuda_check.py --checks golden # only the official test vectors (seconds)
 
 1. The official test vectors (``tests/data/golden``) on the device, in eval and train, outputs and the
    updated BatchNorm statistics, with the CPU suite's tolerances.
@@ -17,6 +18,7 @@ import argparse
 import copy
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import timm
@@ -27,7 +29,7 @@ import fdconv_zoo  # noqa: F401  (registers the FDConv models)
 from fdconv_zoo import FDConv, convert_state_dict
 from fdconv_zoo.layers import plan_execution
 
-__all__ = ["main"]
+__all__ = ["main", "run_checks"]
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden"
 MODELS = ["resnet50", "convnext_tiny", "swin_tiny_patch4_window7_224"]
@@ -124,25 +126,32 @@ def _active_attentions(device: torch.device) -> list[str]:
     return failures
 
 
+CHECKS = {"golden": _golden, "conversion": _conversion, "attentions": _active_attentions}
+
+
+def run_checks(device: torch.device, checks: Sequence[str] = tuple(CHECKS)) -> list[str]:
+    """The named checks (default: all) on ``device``, printing a line per case; the failures, empty when all pass."""
+    failures = []
+    for title in checks:
+        check = CHECKS[title]
+        print(title)
+        failures += check(device)
+    print("all checks passed" if not failures else "FAILED:\n  " + "\n  ".join(failures))
+    return failures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
-    device = torch.device(parser.parse_args(argv).device)
+    parser.add_argument("--checks", nargs="+", choices=list(CHECKS), default=list(CHECKS), help="default: all")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this script checks FDConv on one (the CPU is covered by the test suite)")
         return 1
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, timm {timm.__version__}")
-    failures = []
-    for title, check in (
-        ("official test vectors", _golden),
-        ("conversion", _conversion),
-        ("active attentions", _active_attentions),
-    ):
-        print(title)
-        failures += check(device)
-    print("all checks passed" if not failures else "FAILED:\n  " + "\n  ".join(failures))
-    return 1 if failures else 0
+    return 1 if run_checks(device, args.checks) else 0
 
 
 if __name__ == "__main__":
