@@ -311,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
     seg.set_defaults(func=_bad_input_exits(_finetune_segmentation))
+    from .finetune.detection.cli import add_finetune_detection_parser
+
+    add_finetune_detection_parser(sub, wrap=_bad_input_exits)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     return args.func(args)

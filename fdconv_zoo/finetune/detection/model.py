@@ -1,0 +1,196 @@
+"""The detector on an FDConv backbone: transformers' RT-DETRv2, D-FINE or DETR, with the backbone's weights
+loaded strictly and checked, and the mmdet defaults (frozen stem and first stage, attentions still training).
+
+transformers builds a detector's timm backbone from its config without any pretrained weights, then swaps
+its batch norms for frozen ones. So the weights are read here from the timm classifier ``--model`` names
+(``arch.tag``, ``local-dir:``, ``hf-hub:``) and copied tensor by tensor into the detector's backbone; every
+backbone tensor must be covered, and each copy is compared bitwise with its source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import FinetuneInputError
+
+__all__ = [
+    "DETECTORS",
+    "BackboneSource",
+    "backbone_of",
+    "build_detector",
+    "freeze_backbone_defaults",
+    "load_backbone_source",
+]
+
+_logger = logging.getLogger(__name__)
+
+# --detector name -> (config class name, model type); all three take a timm backbone through TimmBackboneConfig.
+DETECTORS = {"rt-detr-v2": "RTDetrV2Config", "d-fine": "DFineConfig", "detr": "DetrConfig"}
+_STRIDES = (8, 16, 32)  # the feature maps the RT-DETR family reads; DETR reads the last one
+
+
+@dataclass
+class BackboneSource:
+    """A timm classifier's architecture, weights (``None``: random init) and input statistics."""
+
+    name: str
+    architecture: str
+    state_dict: dict[str, torch.Tensor] | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def load_backbone_source(model_name: str) -> BackboneSource:
+    """The timm model ``model_name`` names: ``arch`` (random init), ``arch.tag``, ``local-dir:PATH`` or ``hf-hub:ID``
+    (pretrained, loaded by timm strictly), refused with the fix when timm does not know it."""
+    import timm
+
+    import fdconv_zoo  # noqa: F401  (registers the FDConv architectures)
+
+    pretrained = "." in model_name or model_name.startswith(("local-dir:", "hf-hub:"))
+    arch = model_name.split(":", 1)[-1] if ":" in model_name else model_name.partition(".")[0]
+    if ":" not in model_name and not timm.is_model(arch):
+        raise FinetuneInputError(
+            f"unknown timm model {arch!r}; FDConv backbones: {', '.join(timm.list_models('*_fdconv'))} "
+            "(arch.tag for pretrained weights, local-dir:PATH for a saved timm model)"
+        )
+    if pretrained and ":" not in model_name and model_name not in timm.list_pretrained(f"{arch}.*"):
+        tags = ", ".join(timm.list_pretrained(f"{arch}.*")) or "none"
+        raise FinetuneInputError(
+            f"unknown pretrained tag {model_name!r}; tags of {arch}: {tags} (or {arch}: random init)"
+        )
+    try:
+        model = timm.create_model(model_name, pretrained=pretrained)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise FinetuneInputError(
+            f"cannot load backbone {model_name!r}: {error}\n--model takes a timm architecture, arch.tag (offline: in the "
+            "Hub cache), local-dir:PATH (a folder with config.json and model.safetensors) or hf-hub:ID"
+        ) from None
+    cfg = model.pretrained_cfg
+    architecture = cfg.get("architecture") or arch
+    if not pretrained:
+        _logger.warning("%s: random initialisation (name a pretrained tag, e.g. %s.<tag>, for weights)", arch, arch)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()} if pretrained else None
+    return BackboneSource(model_name, architecture, state, tuple(cfg["mean"]), tuple(cfg["std"]))
+
+
+def _feature_layout(architecture: str) -> tuple[list[int], list[int]]:
+    """(out_indices, channels) of the stride-8/16/32 feature maps of a timm ``features_only`` model."""
+    import timm
+
+    with torch.device("meta"):
+        try:
+            features = timm.create_model(architecture, features_only=True)
+        except (RuntimeError, AttributeError, TypeError) as error:
+            raise FinetuneInputError(
+                f"timm model {architecture!r} has no features_only mode ({error}): use a ResNet, ConvNeXt or MiT backbone"
+            ) from None
+    reductions, channels = features.feature_info.reduction(), features.feature_info.channels()
+    if "NHWC" in str(getattr(features, "output_fmt", "NCHW")):
+        raise FinetuneInputError(
+            f"{architecture!r} gives channels-last features (Swin): timm Swin backbones do not fit these detectors"
+        )
+    indices = [reductions.index(stride) for stride in _STRIDES if stride in reductions]
+    if len(indices) != len(_STRIDES):
+        raise FinetuneInputError(f"{architecture!r} has no feature maps at strides {_STRIDES} (it has {reductions})")
+    return indices, [channels[i] for i in indices]
+
+
+def build_detector(
+    detector: str, source: BackboneSource, id2label: Mapping[int, str], **config_overrides: Any
+) -> nn.Module:
+    """``detector`` ("rt-detr-v2", "d-fine", "detr") on ``source``'s architecture, its backbone holding
+    ``source``'s weights (checked), for the classes ``id2label``; ``config_overrides`` go into the config."""
+    import transformers
+    from transformers import AutoModelForObjectDetection, TimmBackboneConfig
+
+    if detector not in DETECTORS:
+        raise FinetuneInputError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    indices, channels = _feature_layout(source.architecture)
+    labels = dict(id2label=dict(id2label), label2id={v: k for k, v in id2label.items()})
+    config_class = getattr(transformers, DETECTORS[detector])
+    unknown = sorted(set(config_overrides) - {f.name for f in dataclasses.fields(config_class)})
+    if unknown:
+        raise FinetuneInputError(
+            f"{config_class.__name__} has no field {', '.join(unknown)}: check the --detector-arg names"
+        )
+    if detector == "detr":
+        backbone = TimmBackboneConfig(backbone=source.architecture, out_indices=indices[-1:])
+        config = config_class(backbone_config=backbone, **labels, **config_overrides)
+    else:
+        backbone = TimmBackboneConfig(backbone=source.architecture, out_indices=indices)
+        config = config_class(backbone_config=backbone, encoder_in_channels=channels, **labels, **config_overrides)
+    model = AutoModelForObjectDetection.from_config(config)
+    if source.state_dict is not None:
+        load_backbone_weights(backbone_of(model), source.state_dict)
+        _logger.info("loaded %s's weights into the %s backbone (every tensor checked)", source.name, detector)
+    return model
+
+
+def backbone_of(detector: nn.Module) -> nn.Module:
+    """The timm feature extractor inside a transformers detector (DETR unwraps it, RT-DETR keeps TimmBackbone)."""
+    from timm.models import FeatureListNet
+
+    found = next((m for m in detector.modules() if isinstance(m, FeatureListNet)), None)
+    if found is None:
+        raise TypeError(f"{type(detector).__name__} has no timm feature extractor")
+    return found
+
+
+def _source_key(key: str, source: Mapping[str, torch.Tensor]) -> str:
+    """The classifier's name of a ``features_only`` tensor: timm flattens ``stages.0`` into ``stages_0``."""
+    head, _, rest = key.partition(".")
+    candidates = [key]
+    if "_" in head:
+        candidates.append(".".join([*head.rsplit("_", 1), rest]))
+    found = [c for c in candidates if c in source]
+    if len(found) != 1:
+        raise FinetuneInputError(
+            f"the backbone tensor {key!r} has {'no' if not found else 'no unique'} counterpart in the checkpoint: "
+            "the weights are not of this architecture (pass the matching --model)"
+        )
+    return found[0]
+
+
+def load_backbone_weights(backbone: nn.Module, source: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``source`` (a timm classifier's state dict) into ``backbone`` (its ``features_only`` twin, batch norms
+    possibly frozen); every backbone tensor must be covered with the same shape, and is compared bitwise after."""
+    target = backbone.state_dict()
+    mapped = {}
+    for key, tensor in target.items():
+        origin = source[_source_key(key, source)]
+        if origin.shape != tensor.shape:
+            raise FinetuneInputError(
+                f"backbone tensor {key!r} has shape {tuple(tensor.shape)}, the checkpoint {tuple(origin.shape)}: "
+                "the weights are not of this architecture"
+            )
+        mapped[key] = origin
+    backbone.load_state_dict(mapped, strict=True)
+    loaded = backbone.state_dict()
+    mismatched = [k for k, v in mapped.items() if not torch.equal(loaded[k], v.to(loaded[k].dtype))]
+    if mismatched:
+        raise RuntimeError(f"backbone weights differ from the checkpoint after loading: {mismatched[:5]}")
+    unused = sorted({k.split(".")[0] for k in source} - {_source_key(k, source).split(".")[0] for k in target})
+    if unused:
+        _logger.info("not in the backbone (the classifier's head and final norm): %s", ", ".join(unused))
+
+
+def freeze_backbone_defaults(detector: nn.Module, frozen_stages: int = 1) -> None:
+    """mmdet's detection defaults: the stem and the first ``frozen_stages`` stages frozen, FDConv's attentions
+    (KSM, FBM) still trainable, batch norms in eval mode; backbones without known stages only keep their norms."""
+    from ...freezing import freeze_stages
+
+    backbone = backbone_of(detector)
+    for parameter in backbone.parameters():  # DETR freezes the stem and layer1 of "resnet" backbones itself
+        parameter.requires_grad_(True)
+    try:
+        freeze_stages(backbone, frozen_stages, train_attention=True, norm_eval=True)
+    except TypeError:
+        _logger.info("%s: no known stage layout, so no stages frozen", type(backbone).__name__)
