@@ -45,8 +45,8 @@ default_cfgs = generate_default_cfgs(
 
 @register_model
 def test_tiny_resnet_fdconv(pretrained: bool = False, **kwargs: Any):
-    """A ResNet with one FDConv BasicBlock per stage (16-128 channels): a backbone that trains in seconds."""
-    args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16, num_classes=10)
+    """A ResNet with one FDConv BasicBlock per stage (32-128 channels): a backbone that trains in seconds."""
+    args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 48, 64, 128), stem_width=16, num_classes=10)
     return build_fdconv_model(
         ResNet, TINY_BACKBONE, pretrained, fdconv_patterns=("layer*.*.conv1", "layer*.*.conv2"), **{**args, **kwargs}
     )

@@ -82,8 +82,8 @@ def test_weights_of_another_architecture_are_refused(checkpoint):
         load_backbone_weights(backbone_of(detector), source.state_dict)
 
 
-def test_training_step_reaches_fdconv_attentions_in_the_frozen_stage_too():
-    detector = build_detector("rt-detr-v2", load_backbone_source(TINY_BACKBONE), CLASSES, **TINY_DETECTOR)
+def test_training_step_reaches_fdconv_attentions_in_the_frozen_stage_too(checkpoint):
+    detector = build_detector("rt-detr-v2", load_backbone_source(checkpoint), CLASSES, **TINY_DETECTOR)
     freeze_backbone_defaults(detector, frozen_stages=1)
     perturb_attention(detector)  # at the neutral init the descriptor projections get no gradient
     detector.train()
@@ -98,13 +98,13 @@ def test_training_step_reaches_fdconv_attentions_in_the_frozen_stage_too():
 
 
 @pytest.mark.parametrize("detector_name", ["rt-detr-v2", "d-fine", "detr"])
-def test_each_detector_trains_at_batch_1(detector_name):
+def test_each_detector_trains_at_batch_1(detector_name, checkpoint):
     overrides = (
         dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=10)
         if detector_name == "detr"
         else dict(TINY_DETECTOR, **({"decoder_layers": 3} if detector_name == "d-fine" else {}))
     )
-    detector = build_detector(detector_name, load_backbone_source(TINY_BACKBONE), CLASSES, **overrides)
+    detector = build_detector(detector_name, load_backbone_source(checkpoint), CLASSES, **overrides)
     freeze_backbone_defaults(detector)
     detector.train()
     loss = detector(pixel_values=torch.rand(1, 3, 64, 64), labels=targets(1)).loss

@@ -67,7 +67,8 @@ def finetune_detection(
     ``val/``) or a ``datasets`` dataset in the cppe-5 layout (see :func:`~fdconv_zoo.finetune.coco_data.load_coco_dataset`).
     The stem and the first ``frozen_stages`` stages are frozen except FDConv's attentions; batch norms are
     frozen; the backbone learns at ``backbone_lr_scale`` times ``learning_rate``. ``image_size`` is rounded to
-    a multiple of 32. ``detector_config`` overrides config fields (e.g. ``num_queries``). Checkpoints go to
+    a multiple of 32. A backbone without pretrained weights trains from scratch: nothing frozen, batch norms
+    training. ``detector_config`` overrides config fields (e.g. ``num_queries``). Checkpoints go to
     ``output_dir/checkpoints`` each epoch and a re-run resumes; ``output_dir/model`` is only replaced with
     ``overwrite=True``. Under ``torchrun`` every process trains, only the main one writes.
     """
@@ -99,8 +100,16 @@ def _prepare(
 ) -> TrainingSetup[DetectionFinetuneResult]:
     data = load_coco_dataset(dataset, id2label=id2label)
     source = load_backbone_source(model_name)
-    model = build_detector(detector, source, data.id2label, **detector_config)
-    freeze_backbone_defaults(model, frozen_stages)
+    pretrained = source.state_dict is not None
+    if not pretrained:  # mmdet's from-scratch setting: nothing frozen, batch norms train
+        _logger.warning(
+            "%s has no pretrained weights (name a tag, e.g. %s.<tag>, or local-dir:PATH): training from scratch, "
+            "with trainable batch norms and no frozen stages",
+            model_name,
+            model_name,
+        )
+    model = build_detector(detector, source, data.id2label, freeze_batch_norms=pretrained, **detector_config)
+    freeze_backbone_defaults(model, frozen_stages if pretrained else -1, norm_eval=pretrained)
     processor = image_processor(detector, image_size, source.mean, source.std)
     metrics = DetectionMetrics(processor, data.id2label)
     return TrainingSetup(

@@ -75,8 +75,6 @@ def load_backbone_source(model_name: str) -> BackboneSource:
         ) from None
     cfg = model.pretrained_cfg
     architecture = cfg.get("architecture") or arch
-    if not pretrained:
-        _logger.warning("%s: random initialisation (name a pretrained tag, e.g. %s.<tag>, for weights)", arch, arch)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()} if pretrained else None
     return BackboneSource(model_name, architecture, state, tuple(cfg["mean"]), tuple(cfg["std"]))
 
@@ -104,10 +102,19 @@ def _feature_layout(architecture: str) -> tuple[list[int], list[int]]:
 
 
 def build_detector(
-    detector: str, source: BackboneSource, id2label: Mapping[int, str], **config_overrides: Any
+    detector: str,
+    source: BackboneSource,
+    id2label: Mapping[int, str],
+    *,
+    freeze_batch_norms: bool = True,
+    **config_overrides: Any,
 ) -> nn.Module:
     """``detector`` ("rt-detr-v2", "d-fine", "detr") on ``source``'s architecture, its backbone holding
-    ``source``'s weights (checked), for the classes ``id2label``; ``config_overrides`` go into the config."""
+    ``source``'s weights (checked), for the classes ``id2label``; ``config_overrides`` go into the config.
+
+    ``freeze_batch_norms=False`` keeps trainable batch norms in RT-DETRv2 and D-FINE (DETR always freezes
+    them): a backbone trained from scratch needs them, since timm zero-initialises each residual branch's last
+    norm, and frozen at zero that branch would never learn."""
     import transformers
     from transformers import AutoModelForObjectDetection, TimmBackboneConfig
 
@@ -126,6 +133,7 @@ def build_detector(
         config = config_class(backbone_config=backbone, **labels, **config_overrides)
     else:
         backbone = TimmBackboneConfig(backbone=source.architecture, out_indices=indices)
+        config_overrides.setdefault("freeze_backbone_batch_norms", freeze_batch_norms)
         config = config_class(backbone_config=backbone, encoder_in_channels=channels, **labels, **config_overrides)
     model = AutoModelForObjectDetection.from_config(config)
     if source.state_dict is not None:
@@ -182,15 +190,16 @@ def load_backbone_weights(backbone: nn.Module, source: Mapping[str, torch.Tensor
         _logger.info("not in the backbone (the classifier's head and final norm): %s", ", ".join(unused))
 
 
-def freeze_backbone_defaults(detector: nn.Module, frozen_stages: int = 1) -> None:
+def freeze_backbone_defaults(detector: nn.Module, frozen_stages: int = 1, norm_eval: bool = True) -> None:
     """mmdet's detection defaults: the stem and the first ``frozen_stages`` stages frozen, FDConv's attentions
-    (KSM, FBM) still trainable, batch norms in eval mode; backbones without known stages only keep their norms."""
+    (KSM, FBM) still trainable, batch norms in eval mode (``norm_eval``); a backbone without known stages
+    is left as it is."""
     from ...freezing import freeze_stages
 
     backbone = backbone_of(detector)
     for parameter in backbone.parameters():  # DETR freezes the stem and layer1 of "resnet" backbones itself
         parameter.requires_grad_(True)
     try:
-        freeze_stages(backbone, frozen_stages, train_attention=True, norm_eval=True)
+        freeze_stages(backbone, frozen_stages, train_attention=True, norm_eval=norm_eval)
     except TypeError:
         _logger.info("%s: no known stage layout, so no stages frozen", type(backbone).__name__)
