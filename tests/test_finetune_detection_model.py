@@ -122,5 +122,36 @@ def test_unknown_backbones_and_detector_fields_are_refused():
         load_backbone_source("resnet18_fdconv.nope")
     with pytest.raises(FinetuneInputError, match="RTDetrV2Config has no field num_querys"):
         build_detector("rt-detr-v2", load_backbone_source(TINY_BACKBONE), CLASSES, num_querys=5)
-    with pytest.raises(FinetuneInputError, match="channels-last features"):
+    with pytest.raises(
+        FinetuneInputError, match="channels-last features: for Swin pass the folder of a transformers FDConv Swin"
+    ):
         build_detector("rt-detr-v2", load_backbone_source("swin_tiny_patch4_window7_224_fdconv"), CLASSES)
+
+
+def test_swin_through_the_transformers_config(tmp_path):
+    from transformers import AutoBackbone
+
+    from fdconv_zoo.transformers_models.swin import FDConvSwinConfig
+
+    config = FDConvSwinConfig(embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], image_size=64, window_size=2)
+    torch.manual_seed(0)
+    perturb_attention(AutoBackbone.from_config(config)).save_pretrained(tmp_path / "swin")
+    source = load_backbone_source(str(tmp_path / "swin"))
+    assert source.backbone_config.out_features == ["stage2", "stage3", "stage4"]
+    detector = build_detector("rt-detr-v2", source, CLASSES, **TINY_DETECTOR)
+    backbone = backbone_of(detector)
+    assert type(backbone).__name__ == "FDConvSwinBackbone"
+    for key, tensor in backbone.state_dict().items():
+        assert torch.equal(tensor, source.state_dict[key]), key
+    freeze_backbone_defaults(detector, frozen_stages=1)
+    detector.train()
+    detector(pixel_values=torch.rand(1, 3, 64, 64), labels=targets(1)).loss.backward()
+    frozen = [(n, p) for n, p in backbone.named_parameters() if n.startswith("swin.encoder.layers.0.")]
+    assert frozen and all(not p.requires_grad for n, p in frozen if "KSM" not in n and "FBM" not in n)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in frozen if "KSM" in n)
+    detector.save_pretrained(tmp_path / "detector")
+    reloaded = backbone_of(AutoModelForObjectDetection.from_pretrained(tmp_path / "detector")).state_dict()
+    for key, tensor in backbone.state_dict().items():
+        assert torch.equal(reloaded[key], tensor), key
+    with pytest.raises(FinetuneInputError, match="DETR cannot save and reload here: use --detector rt-detr-v2"):
+        build_detector("detr", source, CLASSES)

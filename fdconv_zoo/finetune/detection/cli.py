@@ -30,7 +30,8 @@ def add_finetune_detection_parser(subparsers: Any, wrap: Callable[[Handler], Han
         "--model",
         required=True,
         help="timm backbone: arch.tag for pretrained weights (e.g. resnet50_fdconv.tv_in1k), local-dir:PATH, "
-        "hf-hub:ID, or an architecture alone (random init); ResNet, ConvNeXt, MiT",
+        "hf-hub:ID, or an architecture alone (random init); ResNet, ConvNeXt, MiT; or the folder of a transformers "
+        "FDConv backbone (fdconv_swin, fdconv_resnet, fdconv_convnext)",
     )
     parser.add_argument(
         "--dataset",

@@ -62,7 +62,8 @@ def finetune_detection(
 ) -> DetectionFinetuneResult:
     """Fine-tune ``detector`` on the timm backbone ``model_name`` with ``dataset``; save to ``output_dir/model``.
 
-    ``model_name``: a timm architecture (random init), ``arch.tag``, ``local-dir:PATH`` or ``hf-hub:ID``; its
+    ``model_name``: a timm architecture (random init), ``arch.tag``, ``local-dir:PATH``, ``hf-hub:ID``, or a
+    transformers FDConv backbone folder (Swin, ResNet, ConvNeXt); its
     weights are loaded into the detector strictly and checked. ``dataset``: a COCO folder (``train/`` +
     ``val/``) or a ``datasets`` dataset in the cppe-5 layout (see :func:`~fdconv_zoo.finetune.coco_data.load_coco_dataset`).
     The stem and the first ``frozen_stages`` stages are frozen except FDConv's attentions; batch norms are

@@ -9,10 +9,13 @@ backbone tensor must be covered, and each copy is compared bitwise with its sour
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,21 +41,33 @@ _STRIDES = (8, 16, 32)  # the feature maps the RT-DETR family reads; DETR reads 
 
 @dataclass
 class BackboneSource:
-    """A timm classifier's architecture, weights (``None``: random init) and input statistics."""
+    """A backbone's architecture, weights (``None``: random init) and input statistics: a timm classifier's, or
+    (``backbone_config`` set) a transformers FDConv backbone's, such as Swin's."""
 
     name: str
     architecture: str
     state_dict: dict[str, torch.Tensor] | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    backbone_config: Any = None  # transformers backbone config with its out_features; None: timm
+    channels: tuple[int, ...] = ()  # of the transformers backbone's out_features
+
+
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_TRANSFORMERS_BACKBONES = ("fdconv_resnet", "fdconv_convnext", "fdconv_swin")
 
 
 def load_backbone_source(model_name: str) -> BackboneSource:
-    """The timm model ``model_name`` names: ``arch`` (random init), ``arch.tag``, ``local-dir:PATH`` or ``hf-hub:ID``
-    (pretrained, loaded by timm strictly), refused with the fix when timm does not know it."""
+    """The backbone ``model_name`` names: a timm ``arch`` (random init), ``arch.tag``, ``local-dir:PATH`` or
+    ``hf-hub:ID`` (pretrained, loaded by timm strictly); or a folder of a transformers FDConv backbone or model
+    (``fdconv_resnet``, ``fdconv_convnext``, ``fdconv_swin``), refused with the fix when unknown."""
     import timm
 
     import fdconv_zoo  # noqa: F401  (registers the FDConv architectures)
+
+    config_file = Path(model_name) / "config.json"
+    if config_file.is_file() and "architecture" not in json.loads(config_file.read_text()):
+        return _transformers_source(model_name)
 
     pretrained = "." in model_name or model_name.startswith(("local-dir:", "hf-hub:"))
     arch = model_name.split(":", 1)[-1] if ":" in model_name else model_name.partition(".")[0]
@@ -79,6 +94,27 @@ def load_backbone_source(model_name: str) -> BackboneSource:
     return BackboneSource(model_name, architecture, state, tuple(cfg["mean"]), tuple(cfg["std"]))
 
 
+def _transformers_source(folder: str) -> BackboneSource:
+    """A transformers FDConv backbone (or model) folder, its last three stages as the detector's feature maps."""
+    from transformers import AutoBackbone, AutoConfig, AutoImageProcessor
+
+    config = AutoConfig.from_pretrained(folder)
+    if config.model_type not in _TRANSFORMERS_BACKBONES:
+        raise FinetuneInputError(
+            f"{folder} holds a {config.model_type!r} model; a transformers backbone must be one of "
+            f"{', '.join(_TRANSFORMERS_BACKBONES)} (or pass a timm model)"
+        )
+    # The backbone class itself: AutoBackbone.from_pretrained (transformers 5.23) asks the Hub about a local path.
+    backbone_class = AutoBackbone._model_mapping[type(config)]
+    backbone = backbone_class.from_pretrained(folder, out_features=list(config.stage_names[-3:]))
+    mean, std = _IMAGENET  # unless the folder has an image processor with its own statistics
+    if (Path(folder) / "preprocessor_config.json").is_file():
+        processor = AutoImageProcessor.from_pretrained(folder)
+        mean, std = tuple(processor.image_mean), tuple(processor.image_std)
+    state = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    return BackboneSource(folder, config.model_type, state, mean, std, backbone.config, tuple(backbone.channels))
+
+
 def _feature_layout(architecture: str) -> tuple[list[int], list[int]]:
     """(out_indices, channels) of the stride-8/16/32 feature maps of a timm ``features_only`` model."""
     import timm
@@ -93,7 +129,8 @@ def _feature_layout(architecture: str) -> tuple[list[int], list[int]]:
     reductions, channels = features.feature_info.reduction(), features.feature_info.channels()
     if "NHWC" in str(getattr(features, "output_fmt", "NCHW")):
         raise FinetuneInputError(
-            f"{architecture!r} gives channels-last features (Swin): timm Swin backbones do not fit these detectors"
+            f"{architecture!r} gives channels-last features: for Swin pass the folder of a transformers FDConv Swin "
+            "(FDConvSwinConfig / FDConvSwinBackbone.save_pretrained), whose feature maps are channels-first"
         )
     indices = [reductions.index(stride) for stride in _STRIDES if stride in reductions]
     if len(indices) != len(_STRIDES):
@@ -120,7 +157,6 @@ def build_detector(
 
     if detector not in DETECTORS:
         raise FinetuneInputError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
-    indices, channels = _feature_layout(source.architecture)
     labels = dict(id2label=dict(id2label), label2id={v: k for k, v in id2label.items()})
     config_class = getattr(transformers, DETECTORS[detector])
     unknown = sorted(set(config_overrides) - {f.name for f in dataclasses.fields(config_class)})
@@ -128,11 +164,26 @@ def build_detector(
         raise FinetuneInputError(
             f"{config_class.__name__} has no field {', '.join(unknown)}: check the --detector-arg names"
         )
+    if source.backbone_config is not None:
+        # transformers' FDConv backbones re-initialise FDConv's attention norm when a saved detector loads, which
+        # fails on the frozen norms detectors swap in: keep real batch norms (freeze_backbone_defaults holds them
+        # in eval mode); DETR always swaps them.
+        if detector == "detr":
+            raise FinetuneInputError(
+                f"{source.name} is a transformers backbone, which DETR cannot save and reload here: use --detector "
+                "rt-detr-v2 or d-fine"
+            )
+        backbone = copy.deepcopy(source.backbone_config)
+        channels = list(source.channels)
+        freeze_batch_norms = False
+    else:
+        indices, channels = _feature_layout(source.architecture)
+        backbone = TimmBackboneConfig(
+            backbone=source.architecture, out_indices=indices[-1:] if detector == "detr" else indices
+        )
     if detector == "detr":
-        backbone = TimmBackboneConfig(backbone=source.architecture, out_indices=indices[-1:])
         config = config_class(backbone_config=backbone, **labels, **config_overrides)
     else:
-        backbone = TimmBackboneConfig(backbone=source.architecture, out_indices=indices)
         config_overrides.setdefault("freeze_backbone_batch_norms", freeze_batch_norms)
         config = config_class(backbone_config=backbone, encoder_in_channels=channels, **labels, **config_overrides)
     model = AutoModelForObjectDetection.from_config(config)
@@ -143,12 +194,16 @@ def build_detector(
 
 
 def backbone_of(detector: nn.Module) -> nn.Module:
-    """The timm feature extractor inside a transformers detector (DETR unwraps it, RT-DETR keeps TimmBackbone)."""
+    """The backbone inside a transformers detector: its timm feature extractor (DETR unwraps it, RT-DETR keeps
+    it in TimmBackbone), else its transformers backbone."""
     from timm.models import FeatureListNet
+    from transformers.backbone_utils import BackboneMixin
 
-    found = next((m for m in detector.modules() if isinstance(m, FeatureListNet)), None)
+    modules = list(detector.modules())
+    found = next((m for m in modules if isinstance(m, FeatureListNet)), None)
+    found = found or next((m for m in modules if isinstance(m, BackboneMixin)), None)
     if found is None:
-        raise TypeError(f"{type(detector).__name__} has no timm feature extractor")
+        raise TypeError(f"{type(detector).__name__} has no backbone")
     return found
 
 

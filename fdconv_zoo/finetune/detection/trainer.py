@@ -1,5 +1,6 @@
-"""The Trainer detectors fine-tune with: a lower learning rate for the backbone, and evaluation that hands
-the metrics only the class logits and boxes (not the auxiliary and denoising outputs)."""
+"""The Trainer detectors fine-tune with: a lower learning rate for the backbone, checkpoints resumed with their
+key conversions, and evaluation that hands the metrics only the class logits and boxes (not the auxiliary and
+denoising outputs)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from ..segmentation_model import checkpoint_converting_trainer
 from .model import backbone_of
 
 if TYPE_CHECKING:
@@ -18,10 +20,12 @@ __all__ = ["detection_trainer"]
 
 def detection_trainer(backbone_lr_scale: float) -> type[Trainer]:
     """A Trainer class whose backbone parameters learn at ``backbone_lr_scale`` times the learning rate (RT-DETR
-    and mmdet use 0.1); a function, so transformers is imported only when used."""
-    from transformers import Trainer
+    and mmdet use 0.1), resuming checkpoints through ``from_pretrained``; a function, so transformers is
+    imported only when used."""
 
-    class DetectionTrainer(Trainer):
+    # Resuming goes through from_pretrained: RT-DETR's checkpoints are saved in the Hub's original key layout,
+    # which Trainer's own non-strict load_state_dict would silently miss.
+    class DetectionTrainer(checkpoint_converting_trainer()):
         def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
             model = self.model if model is None else model
             if self.optimizer is None:
