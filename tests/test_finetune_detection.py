@@ -28,16 +28,16 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, checkpoint):
-    """One short run shared by the tests below: 32 generated 128 px images, 48 steps."""
+    """One short run shared by the tests below: 32 generated 128 px images, 80 steps."""
     root = tmp_path_factory.mktemp("detection")
     data = write_coco_folder(root / "data", n_train=32, n_val=8)
     result = finetune_detection(
         checkpoint,
         data,
         root / "run",
-        epochs=12,
+        epochs=20,
         batch_size=8,
-        learning_rate=3e-3,
+        learning_rate=2e-3,
         image_size=128,
         detector_config=TINY_DETECTOR,
     )
@@ -78,9 +78,9 @@ def test_rerun_resumes_from_the_checkpoint_and_refuses_to_overwrite(trained, che
             checkpoint,
             root / "data",
             root / "run",
-            epochs=12,
+            epochs=20,
             batch_size=8,
-            learning_rate=3e-3,
+            learning_rate=2e-3,
             image_size=128,
             detector_config=TINY_DETECTOR,
             overwrite=True,

@@ -84,6 +84,7 @@ def finetune_detection(
         frozen_stages=frozen_stages,
         id2label=id2label,
         detector_config=dict(detector_config or {}),
+        seed=seed,
     )
     return run_finetune(plan, prepare)
 
@@ -98,6 +99,7 @@ def _prepare(
     frozen_stages: int,
     id2label: Mapping[int, str] | None,
     detector_config: dict[str, Any],
+    seed: int,
 ) -> TrainingSetup[DetectionFinetuneResult]:
     data = load_coco_dataset(dataset, id2label=id2label)
     source = load_backbone_source(model_name)
@@ -115,7 +117,7 @@ def _prepare(
     metrics = DetectionMetrics(processor, data.id2label)
     return TrainingSetup(
         model=model,
-        train_data=DetectionInputs(data.train, processor, train_augmentation()),
+        train_data=DetectionInputs(data.train, processor, train_augmentation(seed)),
         test_data=DetectionInputs(data.test, processor),
         collate=collate,
         compute_metrics=metrics,
@@ -128,6 +130,11 @@ def _prepare(
             metrics=metrics,
             image_size=image_size,
             train_images=len(data.train),
+            freezing=(
+                f"frozen batch norms, stem and {frozen_stages} stage(s) frozen except FDConv's attentions"
+                if pretrained
+                else "from scratch: trainable batch norms, no frozen stages"
+            ),
         ),
         check_split="test",  # the train transform draws random augmentations
         trainer_class=detection_trainer(backbone_lr_scale),
@@ -151,8 +158,7 @@ _CARD = """---
 Object detection with an FDConv backbone (Frequency Dynamic Convolution, [CVPR 2025](https://arxiv.org/abs/2503.18783)):
 {{ detector }} on `{{ base_model }}`, fine-tuned with fdconv-zoo's `fdconv-zoo finetune-detection` on {{ dataset }}
 ({{ train_images }} training images; HF Trainer, {{ epochs }} epochs, batch size {{ batch_size }}, learning rate
-{{ lr }} and {{ backbone_lr }} for the backbone, {{ image_size }} px inputs, frozen batch norms, stem and first stage
-frozen except FDConv's attentions).
+{{ lr }} and {{ backbone_lr }} for the backbone, {{ image_size }} px inputs, {{ freezing }}).
 
 COCO metrics on {{ test_examples }} held-out images (torchmetrics, faster-coco-eval; -1: no such objects):
 
@@ -188,6 +194,7 @@ def _report(
     metrics: DetectionMetrics,
     image_size: int,
     train_images: int,
+    freezing: str,
 ) -> Report[DetectionFinetuneResult]:
     scores = {key: run.metrics[f"eval_{key}"] for key in SUMMARY_KEYS}
     per_class = dict(metrics.per_class)
@@ -216,6 +223,7 @@ def _report(
         lr=f"{plan.learning_rate:g}",
         backbone_lr=f"{_backbone_lr(run):g}",
         image_size=image_size,
+        freezing=freezing,
         test_examples=len(run.setup.test_data),
         summary="\n".join(f"| {key} | {value:.4f} |" for key, value in scores.items()),
         eval_loss=f"{result.eval_loss:.4f}",

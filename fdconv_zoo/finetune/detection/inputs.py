@@ -44,8 +44,9 @@ def image_processor(detector: str, size: int, mean: Sequence[float], std: Sequen
     )
 
 
-def train_augmentation() -> Any:
-    """Flips and photometric jitter that keep every box valid; boxes that end up degenerate are filtered out."""
+def train_augmentation(seed: int) -> Any:
+    """Flips, photometric jitter and a mild affine; boxes that end up degenerate are filtered out. ``seed``
+    makes the draws repeatable (albumentations keeps its own generator)."""
     import albumentations as A
 
     return A.Compose(
@@ -58,6 +59,7 @@ def train_augmentation() -> Any:
         bbox_params=A.BboxParams(
             format="coco", label_fields=["labels"], clip=True, min_area=1.0, filter_invalid_bboxes=True
         ),
+        seed=seed,
     )
 
 
