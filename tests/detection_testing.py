@@ -17,7 +17,7 @@ from timm.models.resnet import BasicBlock, ResNet
 
 from fdconv_zoo.timm_models._builder import build_fdconv_model
 
-TINY_BACKBONE = "test_tiny_resnet_fdconv"
+TINY_BACKBONE = "tiny_resnet_for_detection_tests"  # no "fdconv" in it: other tests list the *fdconv* models
 COLOURS = ((255, 64, 64), (64, 255, 64), (64, 64, 255))
 SOURCE_IDS = (3, 7, 11)  # non-contiguous COCO category ids
 NAMES = ("red", "green", "blue")
@@ -44,7 +44,7 @@ default_cfgs = generate_default_cfgs(
 
 
 @register_model
-def test_tiny_resnet_fdconv(pretrained: bool = False, **kwargs: Any):
+def tiny_resnet_for_detection_tests(pretrained: bool = False, **kwargs: Any):
     """A ResNet with one FDConv BasicBlock per stage (32-128 channels): a backbone that trains in seconds."""
     args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 48, 64, 128), stem_width=16, num_classes=10)
     return build_fdconv_model(
