@@ -1,25 +1,64 @@
-"""The ``fdconv-zoo`` command line (also ``python -m fdconv_zoo``)."""
+"""The ``fdconv-zoo`` command line (also ``python -m fdconv_zoo``).
+
+Bad input to any subcommand (an :class:`~fdconv_zoo.errors.InputError`, or an argument argparse refuses) ends
+with one line on stderr, ``fdconv-zoo <command>: error: <what is wrong and the fix>``, and exit status 2;
+``--debug`` (or ``FDCONV_ZOO_DEBUG=1``) shows the traceback too. Any other exception is a bug and keeps its
+traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import ast
 import logging
+import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
 import torch
 import torch.nn as nn
 
+from .cli_types import keyword_argument, positive_float, positive_int
+from .errors import InputError, MissingInputError
 from .layers import FDConv
+from .output_paths import check_writable
 from .surgery import PAPER_FDCONV_KWARGS, count_parameters
 
-__all__ = ["main"]
+__all__ = ["DEBUG_ENV", "OneLineErrorParser", "main", "run_reporting_input_errors"]
 
 _logger = logging.getLogger("fdconv_zoo")
+
+DEBUG_ENV = "FDCONV_ZOO_DEBUG"  # set to 1: input errors show their traceback as well
+_DEBUG_HELP = f"on an input error, show its traceback too (or set {DEBUG_ENV}=1)"
+_SKIP_BAD_IMAGES_HELP = "train without the images that cannot be read (logged with a count) instead of stopping"
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line that points to ``--help`` (not the usage block, then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def run_reporting_input_errors(prog: str, command: Callable[[], int], *, debug: bool = False) -> int:
+    """``command()``'s exit status; an :class:`InputError` instead becomes one stderr line and status 2.
+
+    With ``debug`` or ``FDCONV_ZOO_DEBUG=1`` the traceback comes first. Other exceptions propagate: they are bugs,
+    and their traceback is what a bug report needs.
+    """
+    try:
+        return command()
+    except InputError as error:
+        if debug or os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
+            traceback.print_exc()
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        return 2
+
 
 # (name, source layer, input shape): the four 3x3 shapes of ResNet-50, a 1x1 bottleneck conv and a Swin-T MLP linear.
 _CONVERSION_CHECK_LAYERS = [
@@ -66,6 +105,7 @@ def _check_conversion(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    check_writable(args.output_dir, "--output-dir", folder=True)
     return run_demo(args.output_dir, pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, seed=args.seed)
 
 
@@ -79,12 +119,16 @@ def _profile(args: argparse.Namespace) -> int:
     arch, dot, tag = args.model.partition(".")
     fdconv_models = ", ".join(timm.list_models("*_fdconv"))
     if not arch.endswith("_fdconv") or not timm.is_model(arch):
-        _logger.error("error: %r is not a timm FDConv model; profile takes one of: %s", args.model, fdconv_models)
-        return 2
+        raise InputError(f"{args.model!r} is not a timm FDConv model; profile takes one of: {fdconv_models}")
     base_name = arch.removesuffix("_fdconv") + dot + tag
-    model_kwargs = {k: _literal(v) for k, v in (kv.split("=", 1) for kv in args.model_arg)}
-    fdconv = timm.create_model(args.model, pretrained=False, **model_kwargs)
-    base = timm.create_model(base_name, pretrained=False, **model_kwargs)
+    model_kwargs = dict(args.model_arg)
+    try:
+        fdconv = timm.create_model(args.model, pretrained=False, **model_kwargs)
+        base = timm.create_model(base_name, pretrained=False, **model_kwargs)
+    except TypeError as error:  # a --model-arg the architecture does not take
+        if not model_kwargs:
+            raise
+        raise InputError(f"--model-arg {', '.join(model_kwargs)}: {error}") from error
     input_size = tuple(args.input_size) if args.input_size else tuple(fdconv.pretrained_cfg["input_size"])
     profiles = profile_models(
         {base_name: base, args.model: fdconv}, input_size, args.batch, timed=args.time, repeats=args.repeats
@@ -94,25 +138,9 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bad_input_exits(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Bad input to a fine-tune (FinetuneInputError, an existing output) ends with its message, not a traceback."""
-
-    def run(args: argparse.Namespace) -> int:
-        from .finetune import FinetuneInputError
-
-        try:
-            return command(args)
-        except (FinetuneInputError, FileExistsError) as error:
-            _logger.error("error: %s", error)
-            return 2
-
-    return run
-
-
 def _finetune(args: argparse.Namespace) -> int:
     from .finetune import finetune_classification
 
-    model_kwargs = dict(kv.split("=", 1) for kv in args.model_arg)
     result = finetune_classification(
         args.model,
         args.dataset,
@@ -122,29 +150,25 @@ def _finetune(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         image_size=args.image_size,
         seed=args.seed,
-        model_kwargs={k: _literal(v) for k, v in model_kwargs.items()},
+        model_kwargs=dict(args.model_arg),
         overwrite=args.overwrite,
+        skip_bad_images=args.skip_bad_images,
     )
     _logger.info("accuracy %.4f, eval loss %.4f; saved to %s", result.accuracy, result.eval_loss, result.saved_to)
     return 0
 
 
 def _finetune_segmentation(args: argparse.Namespace) -> int:
-    import json
-
     from .finetune import finetune_segmentation
+    from .finetune.segmentation_data import parse_id2label
 
     id2label = None
     if args.id2label is not None:  # a JSON file, or the JSON object itself
-        text = Path(args.id2label).read_text() if Path(args.id2label).is_file() else args.id2label
-        try:
-            id2label = {int(k): str(v) for k, v in json.loads(text).items()}
-        except (ValueError, AttributeError) as error:
-            _logger.error(
-                'error: --id2label is not a JSON file or object of id -> name (%s); e.g. \'{"0": "background", "1": "road"}\'',
-                error,
-            )
-            return 2
+        path = Path(args.id2label)
+        if path.suffix == ".json" and not path.is_file():
+            raise MissingInputError(f"--id2label file {path} does not exist")
+        text, source = (path.read_text(), str(path)) if path.is_file() else (args.id2label, "--id2label")
+        id2label = parse_id2label(text, source)
     result = finetune_segmentation(
         args.model,
         args.dataset,
@@ -160,6 +184,7 @@ def _finetune_segmentation(args: argparse.Namespace) -> int:
         mask_column=args.mask_column,
         seed=args.seed,
         overwrite=args.overwrite,
+        skip_bad_images=args.skip_bad_images,
     )
     _logger.info(
         "mean IoU %.4f, pixel accuracy %.4f; saved to %s", result.mean_iou, result.pixel_accuracy, result.saved_to
@@ -167,23 +192,12 @@ def _finetune_segmentation(args: argparse.Namespace) -> int:
     return 0
 
 
-def _literal(value: str) -> Any:
-    """``--model-arg layers=[1,1,1,1]`` values: Python literals where they parse, strings otherwise."""
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
-
-
 def _export_onnx(args: argparse.Namespace) -> int:
     """Export to ONNX, then compare onnxruntime with PyTorch at two batch sizes; non-zero exit above tolerance."""
-    from .export import ONNX_TOLERANCE, export_onnx, load_timm_model, model_input_size, verify_onnx
+    from .export import ONNX_TOLERANCE, check_onnx_output, export_onnx, load_timm_model, model_input_size, verify_onnx
 
-    if Path(args.out).exists() and not args.overwrite:  # before building the model: refusing costs nothing
-        _logger.error("%s exists; pass --overwrite to replace it, or choose another --out", args.out)
-        return 2
-    model_kwargs = {k: _literal(v) for k, v in (kv.split("=", 1) for kv in args.model_arg)}
-    model = load_timm_model(args.model, args.checkpoint, **model_kwargs).eval()
+    check_onnx_output(args.out, overwrite=args.overwrite)  # before building the model: refusing costs nothing
+    model = load_timm_model(args.model, args.checkpoint, **dict(args.model_arg)).eval()
     input_size = model_input_size(model, args.image_size)
     start = time.perf_counter()
     path = export_onnx(model, args.out, input_size=input_size, opset=args.opset, overwrite=args.overwrite)
@@ -199,7 +213,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fdconv-zoo", description=__doc__)
+    parser = OneLineErrorParser(prog="fdconv-zoo", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
@@ -207,11 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument(
         "--pretrain-epochs",
-        type=float,
+        type=positive_float,
         default=3,
         help="epochs of the plain model that stands in for pretrained weights",
     )
-    demo.add_argument("--epochs", type=float, default=2, help="fine-tuning epochs of each model")
+    demo.add_argument("--epochs", type=positive_float, default=2, help="fine-tuning epochs of each model")
     demo.add_argument("--output-dir", default="runs/demo", help="a new timestamped folder is made inside")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
@@ -222,16 +237,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model", help="timm FDConv architecture, e.g. resnet50_fdconv (its base: the name without _fdconv); random init"
     )
     profile.add_argument(
-        "--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="input size (default: the model's)"
+        "--input-size", type=positive_int, nargs=3, metavar=("C", "H", "W"), help="input size (default: the model's)"
     )
-    profile.add_argument("--batch", type=int, default=1, help="batch size (default 1); FLOPs are for the whole batch")
+    profile.add_argument(
+        "--batch", type=positive_int, default=1, help="batch size (default 1); FLOPs are for the whole batch"
+    )
     profile.add_argument("--time", action="store_true", help="also measure eval latency, both models taking turns")
     profile.add_argument(
-        "--repeats", type=int, default=10, help="timed forwards per model with --time (default 10; median)"
+        "--repeats", type=positive_int, default=10, help="timed forwards per model with --time (default 10; median)"
     )
     profile.add_argument(
         "--model-arg",
         action="append",
+        type=keyword_argument,
         default=[],
         metavar="KEY=VALUE",
         help="extra timm.create_model keyword (both models)",
@@ -248,10 +266,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     onnx.add_argument(
         "--checkpoint", help="weights to load: .safetensors (legacy .pth: tensors only, weights_only=True)"
     )
-    onnx.add_argument("--image-size", type=int, help="square input size (default: the model's)")
-    onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    onnx.add_argument("--image-size", type=positive_int, help="square input size (default: the model's)")
+    onnx.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default 18)")
     onnx.add_argument(
-        "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="extra timm.create_model keyword"
+        "--model-arg",
+        action="append",
+        type=keyword_argument,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm.create_model keyword",
     )
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     onnx.set_defaults(func=_export_onnx)
@@ -265,16 +288,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dataset", required=True, help="'digits', an image folder (one sub-folder per class) or a Hub dataset name"
     )
     finetune.add_argument("--output-dir", required=True, help="checkpoints/ (resumed if present) and model/ go here")
-    finetune.add_argument("--epochs", type=float, default=3)
-    finetune.add_argument("--batch-size", type=int, default=32)
-    finetune.add_argument("--lr", type=float, default=1e-3)
-    finetune.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    finetune.add_argument("--epochs", type=positive_float, default=3)
+    finetune.add_argument("--batch-size", type=positive_int, default=32)
+    finetune.add_argument("--lr", type=positive_float, default=1e-3)
+    finetune.add_argument("--image-size", type=positive_int, help="input size (default: the model's)")
     finetune.add_argument(
-        "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="extra timm.create_model keyword"
+        "--model-arg",
+        action="append",
+        type=keyword_argument,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm.create_model keyword",
     )
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
-    finetune.set_defaults(func=_bad_input_exits(_finetune))
+    finetune.add_argument("--skip-bad-images", action="store_true", help=_SKIP_BAD_IMAGES_HELP)
+    finetune.set_defaults(func=_finetune)
     seg = sub.add_parser(
         "finetune-segmentation",
         help="fine-tune an FDConv SegFormer or UperNet on a segmentation dataset with HF Trainer",
@@ -290,12 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a save_to_disk folder, a folder of images/ + annotations/, or a Hub dataset name",
     )
     seg.add_argument("--output-dir", required=True, help="checkpoints/ (resumed if present) and model/ go here")
-    seg.add_argument("--epochs", type=float, default=3)
-    seg.add_argument("--batch-size", type=int, default=8)
-    seg.add_argument("--lr", type=float, default=6e-5)
-    seg.add_argument("--image-size", type=int, help="square input size (default: the image processor's)")
+    seg.add_argument("--epochs", type=positive_float, default=3)
+    seg.add_argument("--batch-size", type=positive_int, default=8)
+    seg.add_argument("--lr", type=positive_float, default=6e-5)
+    seg.add_argument("--image-size", type=positive_int, help="square input size (default: the image processor's)")
     seg.add_argument(
-        "--num-labels", type=int, help="number of classes (default: the dataset's names, else largest mask value + 1)"
+        "--num-labels",
+        type=positive_int,
+        help="number of classes (default: the dataset's names, else largest mask value + 1)",
     )
     seg.add_argument("--id2label", help='class names: a JSON file or object {"0": "background", ...}')
     seg.add_argument(
@@ -310,13 +341,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
-    seg.set_defaults(func=_bad_input_exits(_finetune_segmentation))
+    seg.add_argument("--skip-bad-images", action="store_true", help=_SKIP_BAD_IMAGES_HELP)
+    seg.set_defaults(func=_finetune_segmentation)
     from .finetune.detection.cli import add_finetune_detection_parser
 
-    add_finetune_detection_parser(sub, wrap=_bad_input_exits)
+    add_finetune_detection_parser(sub)
+    for command in sub.choices.values():  # every subcommand registered above also takes --debug after its name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    return args.func(args)
+    return run_reporting_input_errors(f"fdconv-zoo {args.command}", partial(args.func, args), debug=args.debug)
 
 
 if __name__ == "__main__":

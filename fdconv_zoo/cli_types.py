@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ast
+from typing import Any
 
-__all__ = ["positive_float", "positive_int"]
+__all__ = ["keyword_argument", "positive_float", "positive_int"]
 
 
 def positive_int(text: str) -> int:
@@ -27,3 +29,14 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
+
+
+def keyword_argument(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` (``--model-arg layers=[1,1,1,1]``): the value as a Python literal where it parses, else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. num_classes=10, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,9 +20,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .errors import InputError, MissingExtraError, MissingInputError, OutputExistsError
+from .output_paths import check_writable
+
 __all__ = [
     "DEFAULT_OPSET",
     "ONNX_TOLERANCE",
+    "check_onnx_output",
     "export_onnx",
     "load_state_dict_file",
     "load_timm_model",
@@ -42,7 +47,7 @@ def _require(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(
+        raise MissingExtraError(
             f"ONNX export needs {module!r}: pip install 'fdconv-zoo[onnx]' (onnx, onnxruntime, onnxscript)"
         ) from err
 
@@ -52,6 +57,19 @@ def _input_shape(input_size: int | Sequence[int]) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"input_size must be (channels, height, width) or one image side, got {input_size!r}")
     return shape  # type: ignore[return-value]
+
+
+def check_onnx_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """``path`` as a ``Path`` when an export may write it: the ONNX extra is installed, the path can be written,
+    and it does not exist yet unless ``overwrite``. Cheap, so callers run it before building the model."""
+    for module in ("onnxscript", "onnxruntime"):
+        _require(module)
+    path = check_writable(path, "--out", folder=False)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{path} exists; pass --overwrite (overwrite=True) to replace it, or choose another --out"
+        )
+    return path
 
 
 def export_onnx(
@@ -77,10 +95,7 @@ def export_onnx(
     (torch's default), whose pattern rewriter is quadratic in the graph size: about 20 s for a tiny FDConv
     ResNet-18, unfinished after 9 minutes for ResNet-50 (2 CPU cores), for a smaller file and the same speed.
     """
-    _require("onnxscript")
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it, or choose another file")
+    path = check_onnx_output(path, overwrite=overwrite)
     if path.suffix != ".onnx":
         _logger.warning("%s does not end in .onnx", path)
     shape = _input_shape(input_size)
@@ -231,64 +246,121 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Training checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``) and DDP's
     ``module.`` prefixes are unwrapped.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = _existing_checkpoint(path)
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except SafetensorError as err:
+            raise InputError(f"checkpoint {path} is not a readable .safetensors file ({err})") from err
     elif path.suffix in _LEGACY_SUFFIXES:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:  # objects other than tensors: refused, never unpickled
+            raise InputError(
+                f"checkpoint {path}: Weights only load failed, it holds objects other than tensors "
+                f"({str(err).splitlines()[-1].strip()}); save the model's state_dict() as .safetensors"
+            ) from err
+        except (RuntimeError, EOFError) as err:
+            raise InputError(f"checkpoint {path} is not a readable torch file ({err}); is it complete?") from err
         for key in _CHECKPOINT_WRAPPERS:
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
                 break
     else:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {path}: expected a .safetensors file (or a legacy {'/'.join(_LEGACY_SUFFIXES)} state dict)"
         )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {path} holds no state dict of tensors")
+        raise InputError(f"checkpoint {path} holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def load_timm_model(model_name: str, checkpoint: str | os.PathLike | None = None, **model_kwargs: Any) -> nn.Module:
     """The timm model to export: ``arch`` (random init, or the weights of ``checkpoint``), ``arch.tag``,
     ``local-dir:PATH`` or ``hf-hub:REPO`` (pretrained weights, timm's loader). A checkpoint of the plain
-    architecture (e.g. ``resnet50``'s) is converted to FDConv exactly (``convert_state_dict``)."""
+    architecture (e.g. ``resnet50``'s) is converted to FDConv exactly (``convert_state_dict``). Bad names,
+    missing checkpoints and checkpoints of another architecture raise :class:`InputError`."""
     import timm
+    from huggingface_hub.errors import EntryNotFoundError
 
-    from . import convert_state_dict  # importing the package registers the FDConv architectures
+    import fdconv_zoo  # noqa: F401  (registers the FDConv architectures)
 
     prefixed = model_name.startswith(("local-dir:", "hf-hub:"))
     if not prefixed:
         arch, _, tag = model_name.partition(".")
         if arch not in timm.list_models():
-            raise ValueError(f"unknown timm model {arch!r}; FDConv models: {', '.join(timm.list_models('*fdconv*'))}")
+            raise InputError(f"unknown timm model {arch!r}; FDConv models: {', '.join(timm.list_models('*fdconv*'))}")
         if tag and model_name not in timm.list_pretrained(f"{arch}.*"):
             tags = ", ".join(timm.list_pretrained(f"{arch}.*")) or "none"
-            raise ValueError(f"unknown pretrained tag {model_name!r}; pretrained tags of {arch}: {tags}")
+            raise InputError(f"unknown pretrained tag {model_name!r}; pretrained tags of {arch}: {tags}")
         if tag and checkpoint is not None:
-            raise ValueError(
+            raise InputError(
                 f"{model_name!r} names pretrained weights and a checkpoint was given too; pass {arch!r} with the checkpoint"
             )
-    pretrained = checkpoint is None and (prefixed or "." in model_name)
-    model = timm.create_model(model_name, pretrained=pretrained, **model_kwargs)
+    elif model_name.startswith("local-dir:"):
+        _existing_checkpoint(model_name.removeprefix("local-dir:"), folder=True)
     if checkpoint is not None:
-        state = convert_state_dict(load_state_dict_file(checkpoint), model)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(
-                f"checkpoint {checkpoint} does not fit {model_name} (a fine-tuned head needs --model-arg num_classes=N): {err}"
-            ) from err
+        _existing_checkpoint(checkpoint)  # before building the model
+    pretrained = checkpoint is None and (prefixed or "." in model_name)
+    try:
+        model = timm.create_model(model_name, pretrained=pretrained, **model_kwargs)
+    except TypeError as err:  # a --model-arg the architecture does not take
+        if not model_kwargs:
+            raise
+        raise InputError(f"--model-arg {', '.join(model_kwargs)}: {err}") from err
+    except (OSError, EntryNotFoundError) as err:  # weights not in the cache (offline), no such repo or file
+        if not pretrained:
+            raise
+        raise InputError(
+            f"cannot load the pretrained weights of {model_name!r}: {str(err).splitlines()[0]}; offline "
+            "(HF_HUB_OFFLINE=1) they must already be in the Hugging Face cache, or pass --checkpoint FILE"
+        ) from err
+    if checkpoint is not None:
+        _load_checkpoint(model, model_name, checkpoint)
     elif not pretrained:
         _logger.warning(
             "%s: no weights given, exporting a randomly initialised model (use ARCH.TAG, local-dir:, hf-hub: or --checkpoint)",
             model_name,
         )
     return model
+
+
+def _existing_checkpoint(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    path = Path(path)
+    if not (path.is_dir() if folder else path.is_file()):
+        kind = "folder" if folder else "file"
+        raise MissingInputError(f"checkpoint {path} does not exist (no such {kind}); check the path")
+    return path
+
+
+def _load_checkpoint(model: nn.Module, model_name: str, checkpoint: str | os.PathLike) -> None:
+    """``checkpoint``'s weights (converted to FDConv where they are plain) into ``model``, every tensor set.
+
+    A checkpoint of another architecture is refused with counts and the first keys of what does not fit."""
+    from .conversion import convert_state_dict
+
+    fix = "is it a checkpoint of this architecture? A fine-tuned head needs --model-arg num_classes=N"
+    try:
+        state = convert_state_dict(load_state_dict_file(checkpoint), model)
+    except InputError:
+        raise
+    except ValueError as err:  # a conv weight of another shape
+        raise InputError(f"checkpoint {checkpoint} does not fit {model_name}: {err}; {fix}") from err
+    own = model.state_dict()
+    problems = []
+    for what, keys in (
+        ("missing", [k for k in own if k not in state]),
+        ("unknown to the model", [k for k in state if k not in own]),
+        ("of another shape", [k for k in state if k in own and state[k].shape != own[k].shape]),
+    ):
+        if keys:
+            problems.append(f"{len(keys)} tensors {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    if problems:
+        raise InputError(f"checkpoint {checkpoint} does not fit {model_name}: {'; '.join(problems)}; {fix}")
+    model.load_state_dict(state)
 
 
 def model_input_size(model: nn.Module, image_size: int | None = None) -> tuple[int, int, int]:

@@ -7,6 +7,10 @@ Each variant: load its source weights -> convert -> verify (outputs equal the so
 batch, else the variant stops and nothing is uploaded) -> stage model.safetensors, config(s) and a model
 card in --out -> upload the changed files in one commit and add the repo to the org's collection.
 The token comes from huggingface_hub's usual sources (HF_TOKEN, `hf auth login`) and is never printed.
+Bad input (an unknown variant, a staging folder that cannot be written or already holds staged files, a missing
+source checkpoint, no token for an upload) ends with one line on stderr and exit status 2, as in `fdconv-zoo`
+(`--debug` or FDCONV_ZOO_DEBUG=1 adds the traceback); a variant that fails to convert or upload is reported in
+the summary and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -15,19 +19,24 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from tqdm.auto import tqdm
 
+from fdconv_zoo.cli import OneLineErrorParser, run_reporting_input_errors
+from fdconv_zoo.cli_types import positive_float
+from fdconv_zoo.errors import InputError, MissingInputError, OutputExistsError
+from fdconv_zoo.output_paths import check_writable
 from hub_scripts.staged import StagedVariant
 from hub_scripts.staging import VerificationError, stage_variant
 from hub_scripts.upload import add_to_collection, upload_folder_if_changed
-from hub_scripts.variants import all_variants, get_variant
+from hub_scripts.variants import Variant, all_variants, get_variant
 
 __all__ = ["main", "parse_args"]
 
@@ -36,7 +45,9 @@ COLLECTION_TITLE = "FDConv zoo"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(
+        prog="publish.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "variants",
         nargs="*",
@@ -57,7 +68,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--private", action="store_true", help="create new repos as private")
     parser.add_argument("--revision", help="branch to commit to (created if missing; default main)")
     parser.add_argument("--commit-message", default="Upload FDConv weights converted by fdconv-zoo")
-    parser.add_argument("--max-rel-error", type=float, default=1e-4, help="verification tolerance (default 1e-4)")
+    parser.add_argument(
+        "--max-rel-error", type=positive_float, default=1e-4, help="verification tolerance (default 1e-4)"
+    )
+    parser.add_argument("--debug", action="store_true", help="on an input error, show its traceback too")
     args = parser.parse_args(argv)
     if args.list:
         return args
@@ -80,27 +94,39 @@ def _summary(rows: list[tuple[str, str, str, str, str]]) -> str:
 def main(argv: Sequence[str] | None = None, api: HfApi | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    return run_reporting_input_errors("publish.py", partial(_publish, args, api), debug=args.debug)
+
+
+def _checked_variants(args: argparse.Namespace, api: HfApi | None) -> list[Variant]:
+    """The variants to publish, once every input is known to be usable (before any download or conversion)."""
+    try:
+        variants = list(all_variants().values()) if args.all else [get_variant(name) for name in args.variants]
+    except KeyError as e:
+        raise InputError(f"{e.args[0]} (see --list)") from None
+    check_writable(args.out, "--out", folder=True)
+    clashes = [
+        v.repo_name for v in variants if (args.out / v.repo_name).is_dir() and any((args.out / v.repo_name).iterdir())
+    ]
+    if clashes and not args.overwrite:
+        raise OutputExistsError(
+            f"{args.out} already holds staged folders {', '.join(clashes)}; pass --overwrite to replace them"
+        )
+    if args.source_checkpoint is not None and not args.source_checkpoint.exists():
+        raise MissingInputError(f"--source-checkpoint {args.source_checkpoint} does not exist; check the path")
+    if not args.dry_run and api is None and get_token() is None:
+        raise InputError(
+            "no Hugging Face token to upload with: set HF_TOKEN or run `hf auth login` (a token that can write to "
+            f"{args.org}), or pass --dry-run to stage and verify only"
+        )
+    return variants
+
+
+def _publish(args: argparse.Namespace, api: HfApi | None) -> int:
     if args.list:
         for name, v in all_variants().items():
             _logger.info("%-58s %-12s <- %s", name, v.library, v.source_repo)
         return 0
-    try:
-        variants = list(all_variants().values()) if args.all else [get_variant(name) for name in args.variants]
-    except KeyError as e:
-        _logger.error("%s", e.args[0])
-        return 2
-    if args.out.exists() and not args.out.is_dir():
-        _logger.error("--out %s is a file; pass a folder", args.out)
-        return 2
-    clashes = [
-        v.repo_name for v in variants if (args.out / v.repo_name).exists() and any((args.out / v.repo_name).iterdir())
-    ]
-    if clashes and not args.overwrite:
-        _logger.error(
-            "%s already holds staged folders %s; pass --overwrite to replace them", args.out, ", ".join(clashes)
-        )
-        return 2
-
+    variants = _checked_variants(args, api)
     api = api or HfApi()
     rows, published, failed = [], [], 0
     for variant in tqdm(variants, desc="variants", unit="variant"):

@@ -84,9 +84,10 @@ def test_profile_default_input_size_is_the_models(caplog):
 
 
 @pytest.mark.parametrize("model", ["resnet18", "nonexistent_fdconv"])
-def test_profile_refuses_a_model_without_an_fdconv_base(model, caplog):
+def test_profile_refuses_a_model_without_an_fdconv_base(model, capsys):
     assert main(["profile", model]) == 2
-    assert f"{model!r} is not a timm FDConv model" in caplog.text and "resnet50_fdconv" in caplog.text
+    err = capsys.readouterr().err
+    assert f"{model!r} is not a timm FDConv model" in err and "resnet50_fdconv" in err
 
 
 def test_profile_input_size_needs_three_numbers(capsys):

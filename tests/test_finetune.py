@@ -76,7 +76,7 @@ def test_interrupted_finetune_resumes_from_its_last_checkpoint(tmp_path, caplog)
     assert [e["epoch"] for e in train_logs] == [1.0, 2.0]  # epoch 1 logged by the first run, epoch 2 by the resumed one
 
 
-def test_cli_finetune_classification(tmp_path, caplog):
+def test_cli_finetune_classification(tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO)
     code = main(
         [
@@ -101,19 +101,24 @@ def test_cli_finetune_classification(tmp_path, caplog):
     assert (
         "metric" in caplog.text and "train loss" in caplog.text and "held-out images" in caplog.text
     )  # the final table
-    caplog.clear()
+    capsys.readouterr()
     assert (
         main(["finetune-classification", "--model", "resnet18", "--dataset", "digits", "--output-dir", str(tmp_path)])
         == 2
     )
-    assert "already holds a fine-tuned model; pass --overwrite" in caplog.text  # before training, without a traceback
+    err = capsys.readouterr().err  # before training, one line without a traceback
+    assert "already holds a fine-tuned model; pass --overwrite" in err and len(err.splitlines()) == 1
 
 
 def test_dataset_without_labels_names_the_fix(tmp_path):
     for i in range(3):
         Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")  # no class sub-folders: no label column
-    with pytest.raises(ValueError, match=r"needs 'image' and 'label' columns, found \['image'\].*rename_column"):
+    with pytest.raises(FinetuneInputError, match=r"gives no classes \(sub-folders: none\).*one sub-folder per class"):
         load_image_classification_dataset(str(tmp_path))
+    saved = tmp_path / "saved"
+    Dataset.from_dict({"image": colour_images(3)}, features=Features({"image": ImageFeature()})).save_to_disk(saved)
+    with pytest.raises(ValueError, match=r"needs 'image' and 'label' columns, found \['image'\].*rename_column"):
+        load_image_classification_dataset(str(saved))
 
 
 def test_unknown_model_lists_the_fdconv_models(tmp_path):

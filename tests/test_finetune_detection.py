@@ -97,23 +97,23 @@ def test_rerun_resumes_from_the_checkpoint_and_refuses_to_overwrite(trained, che
         (["--id2label", "{not json"], "--id2label is not a JSON file or object"),
     ],
 )
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, checkpoint, caplog, args, message):
-    caplog.set_level(logging.INFO)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, checkpoint, capsys, args, message):
     data = write_coco_folder(tmp_path / "data", n_train=2, n_val=1)
     base = ["finetune-detection", "--model", checkpoint, "--dataset", str(data), "--output-dir", str(tmp_path / "o")]
     assert main([*base, *args]) == 2
-    errors = [r.getMessage() for r in caplog.records if r.getMessage().startswith("error: ")]
-    assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0], errors
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("fdconv-zoo finetune-detection: error: ") and message in line, line
     assert not (tmp_path / "o" / "model").exists()
 
 
-def test_cli_bad_dataset_and_numbers(tmp_path, checkpoint, caplog, capsys):
-    caplog.set_level(logging.INFO)
+def test_cli_bad_dataset_and_numbers(tmp_path, checkpoint, capsys):
     data = write_coco_folder(tmp_path / "data", n_train=2, n_val=1)
     (data / "train" / "img1.png").unlink()
     base = ["finetune-detection", "--model", checkpoint, "--output-dir", str(tmp_path / "o")]
     assert main([*base, "--dataset", str(data)]) == 2
-    assert "img1.png' (id 2) is missing" in caplog.text
-    with pytest.raises(SystemExit) as exit_info:
-        main([*base, "--dataset", str(data), "--batch-size", "0"])
-    assert exit_info.value.code == 2 and "must be above 0" in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "img1.png' (id 2) is missing" in line
+    for bad in (["--batch-size", "0"], ["--detector-arg", "num_queries"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*base, "--dataset", str(data), *bad])
+        assert exit_info.value.code == 2 and "error: argument" in capsys.readouterr().err

@@ -142,7 +142,7 @@ def test_finetune_learns_saves_reloads_and_resumes(model_dir, data_dir, tmp_path
     assert miou == round(result.mean_iou, 4) and f"{result.mean_iou:.4f}" in card.text
 
 
-def test_cli_on_an_images_and_annotations_folder(model_dir, tmp_path, caplog):
+def test_cli_on_an_images_and_annotations_folder(model_dir, tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO)
     images, masks = rectangles(8, seed=2)
     for split, index in (("train", range(6)), ("validation", range(6, 8))):
@@ -181,8 +181,10 @@ def test_cli_on_an_images_and_annotations_folder(model_dir, tmp_path, caplog):
         1: "r",
         2: "b",
     }
-    caplog.clear()
-    assert main(args) == 2 and "--overwrite" in caplog.text  # a clean message, not a traceback
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and len(err.splitlines()) == 1  # one clean line, not a traceback
 
 
 def test_metrics_do_not_count_ignored_pixels():

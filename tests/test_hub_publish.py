@@ -248,9 +248,9 @@ def test_failed_upload_is_reported(published, tmp_path, caplog):
 
 
 # ------------------------------------------------------------------------------------------ bad input
-def test_unknown_variant_lists_the_valid_ones(tmp_path, caplog):
+def test_unknown_variant_lists_the_valid_ones(tmp_path, capsys):
     assert main(["resnet50_fdconv.nope", "--org", ORG, "--out", str(tmp_path / "o"), "--dry-run"]) == 2
-    out = caplog.text
+    out = capsys.readouterr().err
     assert (
         "unknown variant 'resnet50_fdconv.nope'" in out
         and "resnet50_fdconv.tv_in1k" in out
@@ -258,7 +258,7 @@ def test_unknown_variant_lists_the_valid_ones(tmp_path, caplog):
     )
 
 
-def test_refuses_a_non_empty_out_folder(tmp_path, source_checkpoint, caplog):
+def test_refuses_a_non_empty_out_folder(tmp_path, source_checkpoint, capsys):
     staged = tmp_path / "out" / VARIANT
     staged.mkdir(parents=True)
     (staged / "keep.txt").write_text("user data")
@@ -277,7 +277,7 @@ def test_refuses_a_non_empty_out_folder(tmp_path, source_checkpoint, caplog):
         )
         == 2
     )
-    assert "--overwrite" in caplog.text
+    assert "--overwrite" in capsys.readouterr().err
     assert (staged / "keep.txt").read_text() == "user data"
 
 

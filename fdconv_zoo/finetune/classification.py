@@ -51,23 +51,32 @@ def finetune_classification(
     seed: int = 0,
     model_kwargs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    skip_bad_images: bool = False,
 ) -> FinetuneResult:
     """Fine-tune ``model_name`` on ``dataset`` and save it to ``output_dir/model``.
 
     Checkpoints go to ``output_dir/checkpoints`` after every epoch; a run that finds one there (an
     interrupted fine-tune) resumes from it. An existing ``output_dir/model`` is only replaced with
-    ``overwrite=True`` (checked before training). Under ``torchrun``/``accelerate launch`` the same call
+    ``overwrite=True`` (checked before training). Every image is decoded before training: one that cannot be
+    read stops the run, naming its file, or with ``skip_bad_images`` is left out (logged). Under ``torchrun``/``accelerate launch`` the same call
     trains with DDP (gloo on CPU, NCCL on GPUs); only the main process writes the model.
     """
     plan = TrainingPlan(Path(output_dir), epochs, batch_size, learning_rate, seed, overwrite)
-    return run_finetune(plan, partial(_prepare, model_name, dataset, image_size, model_kwargs or {}, seed))
+    prepare = partial(_prepare, model_name, dataset, image_size, model_kwargs or {}, seed, skip_bad_images)
+    return run_finetune(plan, prepare)
 
 
 def _prepare(
-    model_name: str, dataset: str, image_size: int | None, model_kwargs: Mapping[str, Any], seed: int
+    model_name: str,
+    dataset: str,
+    image_size: int | None,
+    model_kwargs: Mapping[str, Any],
+    seed: int,
+    skip_bad_images: bool,
 ) -> TrainingSetup[FinetuneResult]:
     """The dataset, the wrapped timm model with a head for its classes, and timm's transforms for that model."""
-    data = load_image_classification_dataset(dataset, seed=seed)
+    _check_model_name(model_name)  # before the dataset: a typo costs nothing
+    data = load_image_classification_dataset(dataset, seed=seed, skip_bad_images=skip_bad_images)
     labels = data["train"].features["label"].names
     model = _build_classifier(model_name, len(labels), model_kwargs)
     model.config.id2label = dict(enumerate(labels))
@@ -83,10 +92,8 @@ def _prepare(
     )
 
 
-def _build_classifier(model_name: str, num_labels: int, model_kwargs: Mapping[str, Any]) -> torch.nn.Module:
-    """TimmWrapper around ``model_name`` (an architecture, or ``arch.tag`` to start from pretrained weights)."""
-    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
-
+def _check_model_name(model_name: str) -> None:
+    """Refuse an architecture timm does not have, or a pretrained tag it has not, naming the ones it has."""
     import fdconv_zoo  # noqa: F401  (registers the FDConv architectures)
 
     arch, _, tag = model_name.partition(".")
@@ -94,15 +101,35 @@ def _build_classifier(model_name: str, num_labels: int, model_kwargs: Mapping[st
         raise FinetuneInputError(
             f"unknown timm model {arch!r}; FDConv models: {', '.join(timm.list_models('*fdconv*'))}"
         )
+    if tag and model_name not in timm.list_pretrained(f"{arch}.*"):
+        tags = ", ".join(timm.list_pretrained(f"{arch}.*")) or "none"
+        raise FinetuneInputError(
+            f"unknown pretrained tag {model_name!r}; pretrained tags of {arch}: {tags} (or {arch} alone: random init)"
+        )
+
+
+def _build_classifier(model_name: str, num_labels: int, model_kwargs: Mapping[str, Any]) -> torch.nn.Module:
+    """TimmWrapper around ``model_name`` (an architecture, or ``arch.tag`` to start from pretrained weights; both
+    checked by ``_check_model_name``)."""
+    from huggingface_hub.errors import EntryNotFoundError
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    arch, _, tag = model_name.partition(".")
     config = TimmWrapperConfig(architecture=arch, num_labels=num_labels, model_args=dict(model_kwargs))
-    model = TimmWrapperForImageClassification(config)
+    try:
+        model = TimmWrapperForImageClassification(config)
+    except TypeError as error:  # a model keyword the architecture does not take
+        if not model_kwargs:
+            raise
+        raise FinetuneInputError(f"--model-arg {', '.join(model_kwargs)}: {error}") from error
     if tag:  # pretrained weights, converted and with a new head by timm's own loader
-        if model_name not in timm.list_pretrained(f"{arch}.*"):
-            tags = ", ".join(timm.list_pretrained(f"{arch}.*")) or "none"
+        try:
+            model.timm_model = timm.create_model(model_name, pretrained=True, num_classes=num_labels, **model_kwargs)
+        except (OSError, EntryNotFoundError) as error:  # not in the cache (offline), no such repo or file
             raise FinetuneInputError(
-                f"unknown pretrained tag {model_name!r}; pretrained tags of {arch}: {tags} (or {arch} alone: random init)"
-            )
-        model.timm_model = timm.create_model(model_name, pretrained=True, num_classes=num_labels, **model_kwargs)
+                f"cannot load the pretrained weights of {model_name!r}: {str(error).splitlines()[0]}; offline "
+                f"(HF_HUB_OFFLINE=1) they must already be in the Hugging Face cache, or start from {arch} alone"
+            ) from error
     return model
 
 

@@ -11,28 +11,32 @@ import numpy as np
 
 from .data import is_saved_dataset, load_hub_dataset, with_train_split
 from .errors import FinetuneInputError
+from .images import without_unreadable_images
 
 __all__ = ["load_image_classification_dataset"]
 
 _logger = logging.getLogger(__name__)
 
 
-def load_image_classification_dataset(name_or_path: str, *, test_size: float = 0.2, seed: int = 0) -> Any:
+def load_image_classification_dataset(
+    name_or_path: str, *, test_size: float = 0.2, seed: int = 0, skip_bad_images: bool = False
+) -> Any:
     """A ``DatasetDict`` with ``train`` and ``test`` splits of ``image``/``label`` examples.
 
     ``name_or_path``: ``digits`` (built in, offline), a folder written by ``save_to_disk``, a local folder
     with one sub-folder per class (``imagefolder``), or a dataset name on the Hub. The evaluation split is
     ``test``, else ``validation`` (an all-unlabelled split, labels -1, is skipped), else a stratified
-    ``test_size`` share of ``train``. Labels outside the classes are refused here, before any training.
+    ``test_size`` share of ``train``. Labels outside the classes, fewer than 2 classes and images that cannot
+    be read are refused here, before any training (``skip_bad_images``: unreadable images are dropped instead).
     """
-    from datasets import ClassLabel, DatasetDict, load_dataset, load_from_disk
+    from datasets import ClassLabel, DatasetDict, load_from_disk
 
     if name_or_path == "digits":
         data = DatasetDict(train=_digits())
     elif is_saved_dataset(Path(name_or_path)):
         data = load_from_disk(name_or_path)
     elif Path(name_or_path).is_dir():
-        data = load_dataset("imagefolder", data_dir=name_or_path)
+        data = _load_image_folder(Path(name_or_path))
     else:
         data = load_hub_dataset(
             name_or_path, "'digits', a folder written by dataset.save_to_disk, a folder with one sub-folder per class"
@@ -49,6 +53,11 @@ def load_image_classification_dataset(name_or_path: str, *, test_size: float = 0
             f"the 'label' column of {name_or_path!r} must be a ClassLabel; convert it with dataset.class_encode_column('label')"
         )
     names = data["train"].features["label"].names
+    if len(names) < 2:
+        raise FinetuneInputError(
+            f"dataset {name_or_path!r} has {len(names)} class ({', '.join(names) or 'none'}); a classifier needs at "
+            "least 2: give the 'label' ClassLabel every class name"
+        )
     _check_class_labels(data["train"], "train", names, name_or_path)
     for split in ("test", "validation"):
         if split not in data:
@@ -59,8 +68,34 @@ def load_image_classification_dataset(name_or_path: str, *, test_size: float = 0
             )
             continue
         _check_class_labels(data[split], split, names, name_or_path)
-        return DatasetDict(train=data["train"], test=data[split])
-    return data["train"].train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
+        return _readable(DatasetDict(train=data["train"], test=data[split]), name_or_path, skip_bad_images)
+    split = data["train"].train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
+    return _readable(split, name_or_path, skip_bad_images)
+
+
+def _readable(data: Any, name_or_path: str, skip_bad_images: bool) -> Any:
+    """Every image decoded once before training (the built-in digits are known to be good)."""
+    if name_or_path == "digits":
+        return data
+    return without_unreadable_images(data, ["image"], name_or_path, skip=skip_bad_images)
+
+
+def _load_image_folder(folder: Path) -> Any:
+    """``imagefolder``'s dataset of ``folder``, refused with the layout it needs when it has no images or classes."""
+    from datasets import load_dataset
+
+    layout = f"one sub-folder per class, at least 2 (e.g. {folder / 'cat' / '1.jpg'}, {folder / 'dog' / '1.jpg'})"
+    try:
+        data = load_dataset("imagefolder", data_dir=str(folder))
+    except FileNotFoundError:  # datasets' EmptyDatasetError: no image files at all
+        raise FinetuneInputError(f"folder {folder} holds no image files; put the images into {layout}") from None
+    if "label" not in data["train"].column_names:  # imagefolder names classes only for 2+ sub-folders
+        sub_folders = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        raise FinetuneInputError(
+            f"image folder {folder} gives no classes (sub-folders: {', '.join(sub_folders) or 'none'}); "
+            f"a classifier needs {layout}"
+        )
+    return data
 
 
 def _digits() -> Any:

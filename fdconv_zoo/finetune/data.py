@@ -16,9 +16,12 @@ def is_saved_dataset(path: Path) -> bool:
 
 
 def load_hub_dataset(name: str, local_forms: str) -> Any:
-    """``load_dataset(name)``, with a message naming what ``--dataset`` takes when there is no such dataset."""
+    """``load_dataset(name)``, with a message naming what ``--dataset`` takes when there is no such dataset (a path
+    that does not exist is refused without asking the Hub)."""
     from datasets import load_dataset
 
+    if Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:  # a path, not a Hub name
+        raise FinetuneInputError(f"dataset folder {name} does not exist; --dataset takes {local_forms}, or a Hub name")
     try:
         return load_dataset(name)
     except (FileNotFoundError, ConnectionError) as error:  # DatasetNotFoundError is a FileNotFoundError

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import InputError
+
 __all__ = ["FinetuneInputError"]
 
 
-class FinetuneInputError(ValueError):
+class FinetuneInputError(InputError):
     """Bad input to a fine-tune (dataset, labels, images, model name); the message names the fix."""

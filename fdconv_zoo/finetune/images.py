@@ -1,7 +1,11 @@
-"""Dataset images of any PIL mode, array or tensor layout as the model's RGB or gray input."""
+"""Dataset images of any PIL mode, array or tensor layout as the model's RGB or gray input; unreadable files found
+before training."""
 
 from __future__ import annotations
 
+import io
+import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,7 +16,10 @@ from .errors import FinetuneInputError
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImageType
 
-__all__ = ["to_model_image"]
+__all__ = ["to_model_image", "unreadable_images", "without_unreadable_images"]
+
+_logger = logging.getLogger(__name__)
+_SHOWN = 3  # unreadable files named in a message
 
 
 def to_model_image(image: Any, channels: int) -> PILImageType:
@@ -59,3 +66,59 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
         f"image array of dtype {array.dtype} with values {array.min()}..{array.max()}: expected 8-bit values (0-255) "
         "or floats in 0-1; rescale the images to 8 bits first"
     )
+
+
+def unreadable_images(split: Any, column: str) -> dict[int, str]:
+    """``{row: "file (reason)"}`` for the images of ``column`` that PIL cannot decode; none for array columns.
+
+    Every image is decoded once (``Image(decode=False)`` gives the stored bytes or file path), so a corrupt or
+    truncated file is found here and not in the middle of training.
+    """
+    from datasets import Image
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    if not isinstance(split.features[column], Image):
+        return {}
+    raw = split.select_columns([column]).cast_column(column, Image(decode=False))
+    bad, row = {}, 0
+    for batch in raw.iter(batch_size=256):
+        for entry in batch[column]:
+            where = (entry or {}).get("path") or f"row {row}"
+            try:
+                if entry is None or (entry["bytes"] is None and entry["path"] is None):
+                    raise ValueError("no image")
+                with PILImage.open(entry["path"] if entry["bytes"] is None else io.BytesIO(entry["bytes"])) as image:
+                    image.load()
+            except UnidentifiedImageError:
+                bad[row] = f"{where} (not an image file PIL can read)"
+            except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as error:
+                bad[row] = f"{where} ({error})"
+            row += 1
+    return bad
+
+
+def without_unreadable_images(data: Any, columns: Sequence[str], dataset: str, *, skip: bool) -> Any:
+    """``data`` (a ``DatasetDict``) once every image of ``columns`` is known to decode.
+
+    An unreadable image is refused, naming its file, unless ``skip``: then the examples holding one are dropped
+    and logged with a count.
+    """
+    for split_name, split in list(data.items()):
+        bad: dict[int, str] = {}
+        for column in columns:
+            bad = {**unreadable_images(split, column), **bad}
+        if not bad:
+            continue
+        shown = "; ".join(list(bad.values())[:_SHOWN]) + ("; ..." if len(bad) > _SHOWN else "")
+        where = f"{len(bad)} of {len(split)} examples of the {split_name!r} split of {dataset!r}"
+        if not skip:
+            raise FinetuneInputError(
+                f"{where} have an image that cannot be read: {shown}; repair or delete those files, "
+                "or pass --skip-bad-images (skip_bad_images=True) to train without them"
+            )
+        if len(bad) == len(split):
+            raise FinetuneInputError(f"no image of the {split_name!r} split of {dataset!r} can be read: {shown}")
+        _logger.warning("skipped %s: their image cannot be read (%s)", where, shown)
+        data[split_name] = split.select([i for i in range(len(split)) if i not in bad])
+    return data

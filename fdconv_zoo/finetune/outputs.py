@@ -9,6 +9,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import OutputExistsError
+from ..output_paths import check_writable
+
 __all__ = ["log_metrics_table", "refuse_to_overwrite", "save_atomically"]
 
 _logger = logging.getLogger(__name__)
@@ -23,10 +26,11 @@ def log_metrics_table(title: str, rows: Sequence[tuple[str, Any]]) -> None:
 
 
 def refuse_to_overwrite(output_dir: Path, overwrite: bool) -> Path:
-    """``output_dir/model``; refused before training when it holds a finished model and ``overwrite`` is off."""
-    saved = output_dir / "model"
+    """``output_dir/model``; refused before training when it holds a finished model and ``overwrite`` is off, or
+    when ``output_dir`` cannot be written (rather than at the first checkpoint)."""
+    saved = check_writable(output_dir, "--output-dir", folder=True) / "model"
     if saved.exists() and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{saved} already holds a fine-tuned model; pass --overwrite (overwrite=True) to replace it, "
             "or choose another --output-dir"
         )

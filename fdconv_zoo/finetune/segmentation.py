@@ -67,12 +67,14 @@ def finetune_segmentation(
     mask_column: str | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    skip_bad_images: bool = False,
 ) -> SegmentationFinetuneResult:
     """Fine-tune ``model_name`` on ``dataset`` and save it to ``output_dir/model``.
 
     The classes are ``id2label``, else ``num_labels`` (named by their ids), else the dataset's names (see
     :func:`load_semantic_segmentation_dataset`), else the largest mask value + 1. Every mask is checked
-    before training: a value outside the classes (other than 255) is refused with the fix.
+    before training: a value outside the classes (other than 255) is refused with the fix, and so is an image
+    or mask that cannot be read (with ``skip_bad_images``, its example is left out instead).
     ``reduce_labels=None`` keeps the checkpoint processor's setting. Checkpoints go to
     ``output_dir/checkpoints`` every epoch and a re-run resumes from them; an existing ``output_dir/model``
     is only replaced with ``overwrite=True``. Under ``torchrun`` only the main process writes.
@@ -89,6 +91,7 @@ def finetune_segmentation(
         image_column=image_column,
         mask_column=mask_column,
         seed=seed,
+        skip_bad_images=skip_bad_images,
     )
     return run_finetune(plan, prepare)
 
@@ -104,6 +107,7 @@ def _prepare(
     image_column: str | None,
     mask_column: str | None,
     seed: int,
+    skip_bad_images: bool,
 ) -> TrainingSetup[SegmentationFinetuneResult]:
     """The checkpoint's processor and config, the dataset and its checked classes, the model with their head."""
     config = load_config(model_name)
@@ -114,7 +118,7 @@ def _prepare(
             "reduce_labels is on (the checkpoint's image processor): mask value 0 is unlabelled, class c is c - 1; --no-reduce-labels turns it off"
         )
     data, dataset_names = load_semantic_segmentation_dataset(
-        dataset, image_column=image_column, mask_column=mask_column, seed=seed
+        dataset, image_column=image_column, mask_column=mask_column, seed=seed, skip_bad_images=skip_bad_images
     )
     classes = resolve_classes(
         data, dataset, dataset_names, id2label=id2label, num_labels=num_labels, reduce_labels=reduce

@@ -11,6 +11,7 @@ from typing import Any
 
 from .data import is_saved_dataset, load_hub_dataset, with_train_split
 from .errors import FinetuneInputError
+from .images import without_unreadable_images
 
 __all__ = ["IMAGE_COLUMNS", "MASK_COLUMNS", "load_semantic_segmentation_dataset", "parse_id2label"]
 
@@ -27,6 +28,7 @@ def load_semantic_segmentation_dataset(
     mask_column: str | None = None,
     test_size: float = 0.2,
     seed: int = 0,
+    skip_bad_images: bool = False,
 ) -> tuple[Any, dict[int, str] | None]:
     """``(DatasetDict(train, test), id2label or None)``; both splits have exactly ``image`` and ``annotation``.
 
@@ -34,7 +36,9 @@ def load_semantic_segmentation_dataset(
     ``masks/``, ``labels/``) files paired by name, optionally inside ``train/``, ``validation/``, ``test/``,
     or a dataset name on the Hub. The evaluation split is ``validation``, else ``test``, else a ``test_size``
     share of ``train``. Class names come from a mask column of ``ClassLabel`` values or an ``id2label.json``
-    beside the data (in the folder or the Hub repo, the convention of the transformers examples).
+    beside the data (in the folder or the Hub repo, the convention of the transformers examples). Every image
+    and mask is decoded once here: one that cannot be read is refused, naming its file, or with
+    ``skip_bad_images`` its example is dropped.
     """
     from datasets import DatasetDict
 
@@ -61,11 +65,13 @@ def load_semantic_segmentation_dataset(
         renames = {old: new for old, new in ((image_column, "image"), (mask_column, "annotation")) if old != new}
         return split.rename_columns(renames) if renames else split
 
-    for split in ("validation", "test"):
-        if split in data and mask_column in data[split].column_names:
-            return DatasetDict(train=canonical(data["train"]), test=canonical(data[split])), id2label
-    split = data["train"].train_test_split(test_size=test_size, seed=seed)
-    return DatasetDict(train=canonical(split["train"]), test=canonical(split["test"])), id2label
+    evaluation = next((s for s in ("validation", "test") if s in data and mask_column in data[s].column_names), None)
+    if evaluation is not None:
+        splits = DatasetDict(train=canonical(data["train"]), test=canonical(data[evaluation]))
+    else:
+        split = data["train"].train_test_split(test_size=test_size, seed=seed)
+        splits = DatasetDict(train=canonical(split["train"]), test=canonical(split["test"]))
+    return without_unreadable_images(splits, ["image", "annotation"], name_or_path, skip=skip_bad_images), id2label
 
 
 def _load_folder_layout(root: Path) -> Any:

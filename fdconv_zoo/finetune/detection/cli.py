@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ...cli_types import positive_float, positive_int
+from ...cli_types import keyword_argument, positive_float, positive_int
 from ..errors import FinetuneInputError
 
 __all__ = ["add_finetune_detection_parser"]
 
 _logger = logging.getLogger("fdconv_zoo")
 
-Handler = Callable[[argparse.Namespace], int]
 
-
-def add_finetune_detection_parser(subparsers: Any, wrap: Callable[[Handler], Handler]) -> argparse.ArgumentParser:
-    """Add ``finetune-detection`` to ``subparsers``; ``wrap`` turns bad input into a one-line error."""
+def add_finetune_detection_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``finetune-detection`` to ``subparsers``; its bad input raises FinetuneInputError (one line, exit 2)."""
     parser = subparsers.add_parser(
         "finetune-detection",
         help="fine-tune RT-DETRv2 (or D-FINE, DETR) on an FDConv timm backbone with HF Trainer, COCO mAP",
@@ -63,13 +59,14 @@ def add_finetune_detection_parser(subparsers: Any, wrap: Callable[[Handler], Han
     parser.add_argument(
         "--detector-arg",
         action="append",
+        type=keyword_argument,
         default=[],
         metavar="KEY=VALUE",
         help="detector config field, e.g. num_queries=100",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
-    parser.set_defaults(func=wrap(_finetune_detection))
+    parser.set_defaults(func=_finetune_detection)
     return parser
 
 
@@ -88,7 +85,7 @@ def _finetune_detection(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         frozen_stages=args.frozen_stages,
         id2label=_id2label(args.id2label),
-        detector_config=dict(_key_value(item) for item in args.detector_arg),
+        detector_config=dict(args.detector_arg),
         seed=args.seed,
         overwrite=args.overwrite,
     )
@@ -106,13 +103,3 @@ def _id2label(value: str | None) -> dict[int, str] | None:
         raise FinetuneInputError(
             f'--id2label is not a JSON file or object of id -> name ({error}): e.g. \'{{"0": "coverall", "1": "mask"}}\''
         ) from None
-
-
-def _key_value(item: str) -> tuple[str, Any]:
-    key, sep, text = item.partition("=")
-    if not sep:
-        raise FinetuneInputError(f"--detector-arg {item!r} is not KEY=VALUE: e.g. --detector-arg num_queries=100")
-    try:
-        return key, ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return key, text
