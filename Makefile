@@ -11,7 +11,7 @@ env: $(STAMP)
 
 $(STAMP): pyproject.toml constraints-dev.txt .ci/dev_site/fdconv_dev_torchvision_cpu.py
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints-dev.txt -e '.[dev,train,viz,onnx,docs]'
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e '.[dev,train,viz,onnx,docs,detection]'
 	cp .ci/dev_site/fdconv_dev_torchvision_cpu.py .ci/dev_site/fdconv_dev_torchvision_cpu.pth \
 		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 	touch $@

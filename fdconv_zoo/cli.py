@@ -343,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seg.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
     seg.add_argument("--skip-bad-images", action="store_true", help=_SKIP_BAD_IMAGES_HELP)
     seg.set_defaults(func=_finetune_segmentation)
+    from .finetune.detection.cli import add_finetune_detection_parser
+
+    add_finetune_detection_parser(sub)
     for command in sub.choices.values():  # every subcommand registered above also takes --debug after its name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     args = parser.parse_args(argv)

@@ -1,0 +1,72 @@
+"""COCO mAP of a detector's predictions, batch by batch, with torchmetrics on the faster-coco-eval backend.
+
+Predictions go through the image processor's ``post_process_object_detection`` (the same call users make),
+targets from normalised centre/size to corner boxes, both in the original image's pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+__all__ = ["SUMMARY_KEYS", "DetectionMetrics"]
+
+# torchmetrics' names; -1 means "no such objects" (COCO's convention), e.g. no small boxes.
+SUMMARY_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
+
+
+class DetectionMetrics:
+    """Trainer's ``compute_metrics`` with ``batch_eval_metrics=True``: accumulates, then returns COCO mAP.
+
+    The result has :data:`SUMMARY_KEYS` and ``map_<class name>`` for every class present in the targets
+    or predictions. ``per_class`` keeps the last per-class APs by name.
+    """
+
+    def __init__(self, processor: Any, id2label: Mapping[int, str]) -> None:
+        self.processor, self.id2label = processor, dict(id2label)
+        self.per_class: dict[str, float] = {}
+        self._metric = self._new_metric()
+
+    @staticmethod
+    def _new_metric() -> Any:
+        from torchmetrics.detection import MeanAveragePrecision
+
+        logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # it logs a COCO summary per class at INFO
+        return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval")
+
+    def __call__(self, prediction: Any, compute_result: bool = True) -> dict[str, float]:
+        logits, boxes = prediction.predictions
+        targets = prediction.label_ids
+        sizes = torch.stack([t["orig_size"] for t in targets]).cpu()
+        outputs = SimpleNamespace(logits=logits.float().cpu(), pred_boxes=boxes.float().cpu())
+        detections = self.processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
+        self._metric.update(
+            [{k: d[k].cpu() for k in ("boxes", "scores", "labels")} for d in detections],
+            [_corner_target(t) for t in targets],
+        )
+        if not compute_result:
+            return {}
+        return self._compute()
+
+    def _compute(self) -> dict[str, float]:
+        result = self._metric.compute()
+        self._metric = self._new_metric()
+        scores = {key: float(result[key]) for key in SUMMARY_KEYS}
+        classes = result["classes"].reshape(-1).tolist()
+        per_class = result["map_per_class"].reshape(-1).tolist()
+        self.per_class = {self.id2label.get(int(c), str(c)): float(v) for c, v in zip(classes, per_class, strict=True)}
+        scores.update({f"map_{name}": value for name, value in self.per_class.items()})
+        return scores
+
+
+def _corner_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A processor target (``boxes`` normalised cx, cy, w, h; ``orig_size`` h, w) as corner boxes in pixels."""
+    height, width = (float(v) for v in target["orig_size"])
+    cx, cy, w, h = target["boxes"].float().cpu().unbind(-1)
+    scale = torch.tensor([width, height, width, height])
+    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1) * scale
+    return {"boxes": boxes.reshape(-1, 4), "labels": target["class_labels"].long().cpu()}
