@@ -50,3 +50,16 @@ def test_frozen_backbone_trains_at_batch_one() -> None:
     sum(f.square().mean() for f in features).backward()
     attention = [p for n, p in model.named_parameters() if "KSM_Global" in n and p.grad is not None]
     assert attention and any(p.grad.abs().sum() > 0 for p in attention)
+
+
+def test_reset_parameters_with_a_frozen_norm() -> None:
+    """Reloading a detector re-initialises its backbone's layers, frozen norms included."""
+    layer = FDConv(32, 32, 3, padding=1, kernel_num=4)
+    replace_batch_norm(layer)
+    frozen = layer.KSM_Global.bn
+    with torch.no_grad():
+        frozen.running_var.fill_(3.0)
+        frozen.weight.fill_(2.0)
+    layer.KSM_Global.reset_parameters()
+    assert torch.equal(frozen.running_var, torch.ones_like(frozen.running_var))
+    assert torch.equal(frozen.weight, torch.ones_like(frozen.weight))

@@ -111,14 +111,16 @@ class KernelSpatialModulationGlobal(nn.Module):
         nn.init.kaiming_normal_(self.fc.weight, mode="fan_out", nonlinearity="relu")
         # BatchNorm's own reset writes its buffers directly; nn.init keeps frameworks that guard the init
         # functions (transformers' meta-device loading) from overwriting loaded running statistics.
-        for tensor, init_fn in (
-            (self.bn.weight, nn.init.ones_),
-            (self.bn.bias, nn.init.zeros_),
-            (self.bn.running_mean, nn.init.zeros_),
-            (self.bn.running_var, nn.init.ones_),
-            (self.bn.num_batches_tracked, nn.init.zeros_),
+        # A frozen batch norm swapped in by a detection head has no ``num_batches_tracked``.
+        for name, init_fn in (
+            ("weight", nn.init.ones_),
+            ("bias", nn.init.zeros_),
+            ("running_mean", nn.init.zeros_),
+            ("running_var", nn.init.ones_),
+            ("num_batches_tracked", nn.init.zeros_),
         ):
-            init_fn(tensor)
+            if (tensor := getattr(self.bn, name, None)) is not None:
+                init_fn(tensor)
         self.relu.reset_parameters()
         for head in self.heads():
             nn.init.zeros_(head.weight)
