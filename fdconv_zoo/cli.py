@@ -16,14 +16,13 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import NoReturn
 
 import torch
 import torch.nn as nn
 
-from .cli_types import keyword_argument, positive_float, positive_int
-from .errors import InputError, MissingInputError
+from .cli_types import keyword_argument, positive_float, positive_int, text_or_json_file
+from .errors import InputError
 from .layers import FDConv
 from .output_paths import check_writable
 from .surgery import PAPER_FDCONV_KWARGS, count_parameters
@@ -162,13 +161,7 @@ def _finetune_segmentation(args: argparse.Namespace) -> int:
     from .finetune import finetune_segmentation
     from .finetune.segmentation_data import parse_id2label
 
-    id2label = None
-    if args.id2label is not None:  # a JSON file, or the JSON object itself
-        path = Path(args.id2label)
-        if path.suffix == ".json" and not path.is_file():
-            raise MissingInputError(f"--id2label file {path} does not exist")
-        text, source = (path.read_text(), str(path)) if path.is_file() else (args.id2label, "--id2label")
-        id2label = parse_id2label(text, source)
+    id2label = None if args.id2label is None else parse_id2label(*text_or_json_file(args.id2label, "--id2label"))
     result = finetune_segmentation(
         args.model,
         args.dataset,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+from pathlib import Path
 from typing import Any
 
-__all__ = ["keyword_argument", "positive_float", "positive_int"]
+from .errors import MissingInputError
+
+__all__ = ["keyword_argument", "positive_float", "positive_int", "text_or_json_file"]
 
 
 def positive_int(text: str) -> int:
@@ -40,3 +43,11 @@ def keyword_argument(text: str) -> tuple[str, Any]:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return key, value
+
+
+def text_or_json_file(value: str, option: str) -> tuple[str, str]:
+    """An option given inline or as a path to a ``.json`` file holding it: ``(text, where it came from)``."""
+    path = Path(value)
+    if path.suffix == ".json" and not path.is_file():
+        raise MissingInputError(f"{option} file {path} does not exist")
+    return (path.read_text(), str(path)) if path.is_file() else (value, option)

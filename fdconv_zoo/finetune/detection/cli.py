@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
-from ...cli_types import keyword_argument, positive_float, positive_int
+from ...cli_types import keyword_argument, positive_float, positive_int, text_or_json_file
 from ..errors import FinetuneInputError
 
 __all__ = ["add_finetune_detection_parser"]
@@ -96,7 +95,7 @@ def _finetune_detection(args: argparse.Namespace) -> int:
 def _id2label(value: str | None) -> dict[int, str] | None:
     if value is None:
         return None
-    text = Path(value).read_text() if Path(value).is_file() else value
+    text, _ = text_or_json_file(value, "--id2label")
     try:
         return {int(k): str(v) for k, v in json.loads(text).items()}
     except (ValueError, AttributeError) as error:
