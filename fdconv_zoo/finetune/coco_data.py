@@ -265,13 +265,13 @@ def segmentation_rle(segmentation: Any, size: tuple[int, int], where: str) -> di
                 "export the mask at the image's own size (or fix the image's entry)"
             )
         rle = dict(segmentation)
-        if isinstance(rle.get("counts"), list):
-            rle = mask_utils.frPyObjects(rle, height, width)
-        elif isinstance(rle.get("counts"), str):
-            rle["counts"] = rle["counts"].encode()
         try:
+            if isinstance(rle.get("counts"), list):
+                rle = mask_utils.frPyObjects(rle, height, width)
+            elif isinstance(rle.get("counts"), str):
+                rle["counts"] = rle["counts"].encode()
             mask_utils.decode(rle)  # checks that the counts cover the image exactly
-        except (ValueError, TypeError, KeyError) as error:
+        except (ValueError, TypeError, KeyError, RuntimeError) as error:
             raise FinetuneInputError(f"{where} has a broken RLE mask ({error}): export the mask again") from None
         return rle
     polygons = segmentation if isinstance(segmentation, list) else None

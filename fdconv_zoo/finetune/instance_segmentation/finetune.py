@@ -138,7 +138,8 @@ def _prepare(
             batch_eval_metrics=True,
             eval_do_concat_batches=False,
             max_grad_norm=0.01,  # Mask2Former's gradient clipping
-            metric_for_best_model="segm_map",
+            # No metric_for_best_model: with save_total_limit=1 Trainer would then keep the best checkpoint
+            # instead of the last, and a rerun would resume from an earlier epoch.
         ),
     )
 
