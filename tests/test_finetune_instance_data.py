@@ -116,7 +116,10 @@ def test_the_evaluation_ignores_detections_on_crowd_regions():
             r"annotation 1 has no 'segmentation': instance segmentation needs each object's mask",
         ),
         (dict(segmentation=[]), r"annotation 1 has no 'segmentation'"),
-        (dict(segmentation={"size": [64, 64], "counts": "PPYo1"}), r"mask of size \[64, 64\] .* image is 128x128"),
+        (
+            dict(segmentation={"size": [64, 64], "counts": "PPYo1"}),
+            r"mask of size \[64, 64\] \(height, width\), its image is \[128, 128\]",
+        ),
         (dict(segmentation={"size": [128, 128], "counts": [5, 7]}), r"annotation 1 has a broken RLE mask .*export"),
         (dict(segmentation={"size": [128, 128], "counts": "not rle"}), r"annotation 1 has a broken RLE mask"),
         (dict(segmentation=[[1, 2, 3, 4, 5]]), r"annotation 1 has a broken polygon segmentation: write it as"),

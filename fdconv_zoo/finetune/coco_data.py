@@ -259,9 +259,9 @@ def segmentation_rle(segmentation: Any, size: tuple[int, int], where: str) -> di
         )
     if isinstance(segmentation, Mapping):
         rle_size = segmentation.get("size")
-        if not isinstance(rle_size, (list, tuple)) or [int(v) for v in rle_size] != [height, width]:
+        if not isinstance(rle_size, (list, tuple)) or list(rle_size) != [height, width]:
             raise FinetuneInputError(
-                f"{where} has a mask of size {rle_size} (height, width), its image is {height}x{width}: "
+                f"{where} has a mask of size {rle_size} (height, width), its image is [{height}, {width}]: "
                 "export the mask at the image's own size (or fix the image's entry)"
             )
         rle = dict(segmentation)
