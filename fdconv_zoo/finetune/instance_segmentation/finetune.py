@@ -36,6 +36,8 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class InstanceSegmentationFinetuneResult:
+    """What :func:`finetune_instance_segmentation` returns: the final COCO scores, the trained model, where it went."""
+
     model_name: str
     metrics: dict[str, float]  # COCO summary: segm_map, segm_map_50, ..., bbox_map, ...; -1: no such objects
     eval_loss: float
