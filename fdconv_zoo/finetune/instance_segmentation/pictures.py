@@ -73,7 +73,13 @@ def plot_instances(
         axes[0].text(x0, y0, f"{label} {info['score']:.2f}", color="white", fontsize=8, backgroundcolor=colour)
     axes[0].set_title("predicted instances", fontsize=10)
     for j, amap in enumerate(maps):
-        shown = axes[j + 1].imshow(amap.numpy(), cmap="RdBu_r", vmin=min(0.0, float(amap.min())), vmax=2.0)
+        shown = axes[j + 1].imshow(  # stretched back to the image's shape (the processor resizes to a square)
+            amap.numpy(),
+            cmap="RdBu_r",
+            vmin=min(0.0, float(amap.min())),
+            vmax=2.0,
+            extent=(0, rgb.width, rgb.height, 0),
+        )
         axes[j + 1].set_title(f"FBM attention, band {j} (0: highest)", fontsize=10)
         fig.colorbar(shown, ax=axes[j + 1], fraction=0.046, pad=0.03)
     for ax in axes:
