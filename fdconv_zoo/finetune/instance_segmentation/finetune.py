@@ -72,7 +72,7 @@ def finetune_instance_segmentation(
     crowd regions are left out of training and ignored by the evaluation, as COCO does. ``model_config``
     overrides ``Mask2FormerConfig`` fields (e.g. ``num_queries``).
     """
-    _require_detection_extra()
+    _require_detection_extra("instance segmentation")
     plan = TrainingPlan(Path(output_dir), epochs, batch_size, learning_rate, seed, overwrite)
     prepare = partial(
         _prepare,
