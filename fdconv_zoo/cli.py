@@ -339,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .finetune.detection.cli import add_finetune_detection_parser
 
     add_finetune_detection_parser(sub)
+    from .finetune.instance_segmentation.cli import add_finetune_instance_segmentation_parser
+
+    add_finetune_instance_segmentation_parser(sub)
     for command in sub.choices.values():  # every subcommand registered above also takes --debug after its name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     args = parser.parse_args(argv)

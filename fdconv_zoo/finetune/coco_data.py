@@ -8,8 +8,11 @@ or a ``datasets`` dataset (a ``save_to_disk`` folder or a Hub name) in the cppe-
 
 Category ids become contiguous labels ``0..n-1`` (names kept); images without objects are kept; crowd and
 degenerate boxes are dropped and counted; boxes are clipped to their image. Each object keeps its
-``segmentation`` (polygons or RLE, as given), so instance segmentation can reuse this layer. Images stay
-on disk (or in the dataset) until :meth:`CocoImage.open` reads them.
+``segmentation`` (polygons or RLE, as given), so instance segmentation can reuse this layer; with
+``masks=True`` every segmentation is checked and turned into a compressed RLE of its image's size up front
+(faster-coco-eval's mask utilities, the pycocotools API), and crowd regions are kept, flagged, for the
+evaluation to ignore as COCO does. Images stay on disk (or in the dataset) until :meth:`CocoImage.open`
+reads them.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 from .data import is_saved_dataset, load_hub_dataset, with_train_split
 from .errors import FinetuneInputError
 
-__all__ = ["COCO_JSON_NAMES", "CocoImage", "CocoObject", "CocoSplits", "load_coco_dataset"]
+__all__ = ["COCO_JSON_NAMES", "CocoImage", "CocoObject", "CocoSplits", "load_coco_dataset", "segmentation_rle"]
 
 _logger = logging.getLogger(__name__)
 
@@ -41,7 +44,8 @@ class CocoObject:
 
     bbox: tuple[float, float, float, float]
     label: int
-    segmentation: Any = None  # COCO polygons (list of lists) or RLE (dict), as the source gives them
+    segmentation: Any = None  # COCO polygons (list of lists) or RLE (dict); compressed RLE with masks=True
+    iscrowd: bool = False  # only kept (flagged) with masks=True; otherwise crowd regions are dropped
 
 
 @dataclass(frozen=True)
@@ -75,17 +79,20 @@ class CocoSplits:
     dropped: Counter = field(default_factory=Counter)
 
 
-def load_coco_dataset(name_or_path: str | Path, *, id2label: Mapping[int, str] | None = None) -> CocoSplits:
+def load_coco_dataset(
+    name_or_path: str | Path, *, id2label: Mapping[int, str] | None = None, masks: bool = False
+) -> CocoSplits:
     """Read and check a COCO folder or a ``datasets`` dataset (see the module docstring); errors name the fix.
 
     ``id2label`` names a ``datasets`` dataset's categories when its ``category`` feature has no names
-    (its keys are the category values, any integers).
+    (its keys are the category values, any integers). ``masks=True`` requires a valid ``segmentation`` on
+    every object and stores it as a compressed RLE (see :func:`segmentation_rle`).
     """
     path = Path(name_or_path)
     if path.is_dir() and not is_saved_dataset(path):
-        splits = _load_coco_folder(path)
+        splits = _load_coco_folder(path, masks)
     else:
-        splits = _load_datasets_layout(str(name_or_path), path, id2label)
+        splits = _load_datasets_layout(str(name_or_path), path, id2label, masks)
     for name, images in (("train", splits.train), ("evaluation", splits.test)):
         if not images:
             raise FinetuneInputError(f"the {name} split of {name_or_path} holds no images: add images to it")
@@ -108,7 +115,7 @@ def load_coco_dataset(name_or_path: str | Path, *, id2label: Mapping[int, str] |
 # --- a folder of COCO json files ------------------------------------------------------------------------
 
 
-def _load_coco_folder(root: Path) -> CocoSplits:
+def _load_coco_folder(root: Path, masks: bool) -> CocoSplits:
     train_dir = root / "train"
     eval_dir = next((root / name for name in _EVAL_FOLDERS if (root / name).is_dir()), None)
     if not train_dir.is_dir() or eval_dir is None:
@@ -122,8 +129,8 @@ def _load_coco_folder(root: Path) -> CocoSplits:
     id2label = {label: str(c.get("name", c["id"])) for c, label in zip(categories, category_ids.values(), strict=True)}
     label_of = {source: label for label, source in enumerate(category_ids)}
     dropped: Counter = Counter()
-    train = _read_coco_split(train_json, label_of, dropped)
-    test = _read_coco_split(_coco_json(eval_dir), label_of, dropped)
+    train = _read_coco_split(train_json, label_of, dropped, masks)
+    test = _read_coco_split(_coco_json(eval_dir), label_of, dropped, masks)
     return CocoSplits(train, test, id2label, {label: source for source, label in label_of.items()}, dropped)
 
 
@@ -157,7 +164,7 @@ def _category_ids(categories: Sequence[Mapping[str, Any]], file: Path) -> dict[A
     return {source: label for label, source in enumerate(sorted(ids))}
 
 
-def _read_coco_split(file: Path, label_of: Mapping[Any, int], dropped: Counter) -> list[CocoImage]:
+def _read_coco_split(file: Path, label_of: Mapping[Any, int], dropped: Counter, masks: bool) -> list[CocoImage]:
     data = _read_json(file)
     known = {c.get("id") for c in data.get("categories") or []} | set(label_of)
     objects: dict[Any, list[CocoObject]] = {entry.get("id"): [] for entry in data["images"]}
@@ -183,12 +190,10 @@ def _read_coco_split(file: Path, label_of: Mapping[Any, int], dropped: Counter) 
             raise FinetuneInputError(
                 f"{where} has category_id {category!r}, {listed}: add it to the train json's categories or fix the id"
             )
-        if annotation.get("iscrowd"):
+        if annotation.get("iscrowd") and not masks:
             dropped["crowd"] += 1
             continue
-        obj = _clean_object(
-            annotation.get("bbox"), label_of[category], annotation.get("segmentation"), sizes[image_id], where, dropped
-        )
+        obj = _clean_object(annotation, label_of[category], sizes[image_id], where, dropped, masks)
         if obj is not None:
             objects[image_id].append(obj)
     return [
@@ -211,9 +216,11 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _clean_object(
-    bbox: Any, label: int, segmentation: Any, size: tuple[int, int], where: str, dropped: Counter
+    annotation: Mapping[str, Any], label: int, size: tuple[int, int], where: str, dropped: Counter, masks: bool
 ) -> CocoObject | None:
-    """The object with its box clipped to the image; ``None`` (counted) when nothing of it is left."""
+    """The object with its box clipped to the image (and its mask as RLE with ``masks``); ``None`` (counted)
+    when nothing of it is left."""
+    bbox, segmentation = annotation.get("bbox"), annotation.get("segmentation")
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         raise FinetuneInputError(f"{where} has bbox {bbox!r}: a COCO bbox is [x, y, width, height] in pixels")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
@@ -233,13 +240,59 @@ def _clean_object(
         return None
     if (x0, y0, x1, y1) != (x, y, x + w, y + h):
         dropped["clipped (kept)"] += 1
-    return CocoObject((x0, y0, x1 - x0, y1 - y0), label, segmentation)
+    crowd = bool(annotation.get("iscrowd"))
+    if masks:
+        segmentation = segmentation_rle(segmentation, size, where)
+    return CocoObject((x0, y0, x1 - x0, y1 - y0), label, segmentation, crowd)
+
+
+def segmentation_rle(segmentation: Any, size: tuple[int, int], where: str) -> dict[str, Any]:
+    """A COCO ``segmentation`` (polygons, or RLE with ``counts`` a list or a string) as one compressed RLE of
+    the image's ``size`` (width, height); polygons reaching outside the image are clipped to it."""
+    from faster_coco_eval.core import mask as mask_utils
+
+    width, height = size
+    if segmentation is None or (isinstance(segmentation, list) and not segmentation):
+        raise FinetuneInputError(
+            f"{where} has no 'segmentation': instance segmentation needs each object's mask, as polygons "
+            "[[x1, y1, x2, y2, ...]] or RLE {'size': [h, w], 'counts': ...}; add it or remove the annotation"
+        )
+    if isinstance(segmentation, Mapping):
+        rle_size = segmentation.get("size")
+        if not isinstance(rle_size, (list, tuple)) or list(rle_size) != [height, width]:
+            raise FinetuneInputError(
+                f"{where} has a mask of size {rle_size} (height, width), its image is [{height}, {width}]: "
+                "export the mask at the image's own size (or fix the image's entry)"
+            )
+        rle = dict(segmentation)
+        try:
+            if isinstance(rle.get("counts"), list):
+                rle = mask_utils.frPyObjects(rle, height, width)
+            elif isinstance(rle.get("counts"), str):
+                rle["counts"] = rle["counts"].encode()
+            mask_utils.decode(rle)  # checks that the counts cover the image exactly
+        except (ValueError, TypeError, KeyError, RuntimeError) as error:
+            raise FinetuneInputError(f"{where} has a broken RLE mask ({error}): export the mask again") from None
+        return rle
+    polygons = segmentation if isinstance(segmentation, list) else None
+    if polygons is None or not all(
+        isinstance(p, list)
+        and len(p) >= 6
+        and len(p) % 2 == 0
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+        for p in polygons
+    ):
+        raise FinetuneInputError(
+            f"{where} has a broken polygon segmentation: write it as [[x1, y1, x2, y2, x3, y3, ...]], each "
+            "polygon at least three points (an even count of numbers), or as RLE"
+        )
+    return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
 
 
 # --- a datasets dataset in the cppe-5 layout ------------------------------------------------------------
 
 
-def _load_datasets_layout(name: str, path: Path, id2label: Mapping[int, str] | None) -> CocoSplits:
+def _load_datasets_layout(name: str, path: Path, id2label: Mapping[int, str] | None, masks: bool) -> CocoSplits:
     from datasets import Image
 
     if is_saved_dataset(path):
@@ -267,7 +320,7 @@ def _load_datasets_layout(name: str, path: Path, id2label: Mapping[int, str] | N
     splits = []
     for split in ("train", eval_split):
         table = data[split].cast_column("image", Image(decode=False))
-        splits.append(_read_rows(table, label_of, dropped, f"dataset {name!r}, split {split!r}"))
+        splits.append(_read_rows(table, label_of, dropped, f"dataset {name!r}, split {split!r}", masks))
     id2label_out = {label: str(names[source]) for source, label in label_of.items()}
     return CocoSplits(splits[0], splits[1], id2label_out, {v: k for k, v in label_of.items()}, dropped)
 
@@ -288,7 +341,7 @@ def _category_names(feature: Any, id2label: Mapping[int, str] | None, name: str)
     )
 
 
-def _read_rows(table: Any, label_of: Mapping[int, int], dropped: Counter, where: str) -> list[CocoImage]:
+def _read_rows(table: Any, label_of: Mapping[int, int], dropped: Counter, where: str, masks: bool) -> list[CocoImage]:
     images = []
     for row_index, row in enumerate(table):
         size = _decode(row["image"]).size
@@ -304,10 +357,10 @@ def _read_rows(table: Any, label_of: Mapping[int, int], dropped: Counter, where:
                     f"{spot} has category {category!r}, which has no class name: add it to --id2label (known: "
                     f"{sorted(label_of)[:20]})"
                 )
-            if obj.get("iscrowd"):
+            if obj.get("iscrowd") and not masks:
                 dropped["crowd"] += 1
                 continue
-            cleaned = _clean_object(obj.get("bbox"), label_of[category], obj.get("segmentation"), size, spot, dropped)
+            cleaned = _clean_object(obj, label_of[category], size, spot, dropped, masks)
             if cleaned is not None:
                 kept.append(cleaned)
         image_id = row.get("image_id", row_index)

@@ -92,12 +92,12 @@ def finetune_detection(
     return run_finetune(plan, prepare)
 
 
-def _require_detection_extra() -> None:
-    """Refuse, before anything runs, when the ``detection`` extra is not installed."""
+def _require_detection_extra(task: str = "object detection") -> None:
+    """Refuse, before anything runs, when the ``detection`` extra (which ``task`` needs) is not installed."""
     missing = [m for m in ("scipy", "albumentations", "torchmetrics", "faster_coco_eval") if find_spec(m) is None]
     if missing:
         raise MissingExtraError(
-            f"object detection needs {', '.join(missing)}: pip install 'fdconv-zoo[detection]' "
+            f"{task} needs {', '.join(missing)}: pip install 'fdconv-zoo[detection]' "
             "(scipy, albumentations, torchmetrics, faster-coco-eval)"
         )
 

@@ -28,6 +28,7 @@ __all__ = [
     "BackboneSource",
     "backbone_of",
     "build_detector",
+    "feature_layout",
     "freeze_backbone_defaults",
     "load_backbone_source",
 ]
@@ -57,17 +58,18 @@ _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _TRANSFORMERS_BACKBONES = ("fdconv_resnet", "fdconv_convnext", "fdconv_swin")
 
 
-def load_backbone_source(model_name: str) -> BackboneSource:
+def load_backbone_source(model_name: str, feature_maps: int = 3) -> BackboneSource:
     """The backbone ``model_name`` names: a timm ``arch`` (random init), ``arch.tag``, ``local-dir:PATH`` or
     ``hf-hub:ID`` (pretrained, loaded by timm strictly); or a folder of a transformers FDConv backbone or model
-    (``fdconv_resnet``, ``fdconv_convnext``, ``fdconv_swin``), refused with the fix when unknown."""
+    (``fdconv_resnet``, ``fdconv_convnext``, ``fdconv_swin``) giving its last ``feature_maps`` stages, refused
+    with the fix when unknown."""
     import timm
 
     import fdconv_zoo  # noqa: F401  (registers the FDConv architectures)
 
     config_file = Path(model_name) / "config.json"
     if config_file.is_file() and "architecture" not in json.loads(config_file.read_text()):
-        return _transformers_source(model_name)
+        return _transformers_source(model_name, feature_maps)
 
     pretrained = "." in model_name or model_name.startswith(("local-dir:", "hf-hub:"))
     arch = model_name.split(":", 1)[-1] if ":" in model_name else model_name.partition(".")[0]
@@ -94,8 +96,9 @@ def load_backbone_source(model_name: str) -> BackboneSource:
     return BackboneSource(model_name, architecture, state, tuple(cfg["mean"]), tuple(cfg["std"]))
 
 
-def _transformers_source(folder: str) -> BackboneSource:
-    """A transformers FDConv backbone (or model) folder, its last three stages as the detector's feature maps."""
+def _transformers_source(folder: str, feature_maps: int) -> BackboneSource:
+    """A transformers FDConv backbone (or model) folder, its last ``feature_maps`` stages as the feature maps
+    (Swin's backbone has a norm per output stage, so they are chosen before its weights are read)."""
     from transformers import AutoBackbone, AutoConfig, AutoImageProcessor
 
     config = AutoConfig.from_pretrained(folder)
@@ -106,7 +109,7 @@ def _transformers_source(folder: str) -> BackboneSource:
         )
     # The backbone class itself: AutoBackbone.from_pretrained (transformers 5.23) asks the Hub about a local path.
     backbone_class = AutoBackbone._model_mapping[type(config)]
-    backbone = backbone_class.from_pretrained(folder, out_features=list(config.stage_names[-3:]))
+    backbone = backbone_class.from_pretrained(folder, out_features=list(config.stage_names[-feature_maps:]))
     mean, std = _IMAGENET  # unless the folder has an image processor with its own statistics
     if (Path(folder) / "preprocessor_config.json").is_file():
         processor = AutoImageProcessor.from_pretrained(folder)
@@ -115,8 +118,9 @@ def _transformers_source(folder: str) -> BackboneSource:
     return BackboneSource(folder, config.model_type, state, mean, std, backbone.config, tuple(backbone.channels))
 
 
-def _feature_layout(architecture: str) -> tuple[list[int], list[int]]:
-    """(out_indices, channels) of the stride-8/16/32 feature maps of a timm ``features_only`` model."""
+def feature_layout(architecture: str, strides: tuple[int, ...] = _STRIDES) -> tuple[list[int], list[int]]:
+    """(out_indices, channels) of the feature maps at ``strides`` (default 8/16/32) of a timm ``features_only``
+    model."""
     import timm
 
     with torch.device("meta"):
@@ -132,9 +136,9 @@ def _feature_layout(architecture: str) -> tuple[list[int], list[int]]:
             f"{architecture!r} gives channels-last features: for Swin pass the folder of a transformers FDConv Swin "
             "(FDConvSwinConfig / FDConvSwinBackbone.save_pretrained), whose feature maps are channels-first"
         )
-    indices = [reductions.index(stride) for stride in _STRIDES if stride in reductions]
-    if len(indices) != len(_STRIDES):
-        raise FinetuneInputError(f"{architecture!r} has no feature maps at strides {_STRIDES} (it has {reductions})")
+    indices = [reductions.index(stride) for stride in strides if stride in reductions]
+    if len(indices) != len(strides):
+        raise FinetuneInputError(f"{architecture!r} has no feature maps at strides {strides} (it has {reductions})")
     return indices, [channels[i] for i in indices]
 
 
@@ -177,7 +181,7 @@ def build_detector(
         channels = list(source.channels)
         freeze_batch_norms = False
     else:
-        indices, channels = _feature_layout(source.architecture)
+        indices, channels = feature_layout(source.architecture)
         backbone = TimmBackboneConfig(
             backbone=source.architecture, out_indices=indices[-1:] if detector == "detr" else indices
         )
