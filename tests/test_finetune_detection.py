@@ -73,6 +73,9 @@ def test_rerun_resumes_from_the_checkpoint_and_refuses_to_overwrite(trained, che
     with pytest.raises(FileExistsError, match="--overwrite"):
         finetune_detection(checkpoint, root / "data", root / "run", image_size=128, detector_config=TINY_DETECTOR)
     # The finished run left its last checkpoint: asked for the same epochs, the rerun trains no further step.
+    (kept,) = (root / "run" / "checkpoints").glob("checkpoint-*")
+    state = json.loads((kept / "trainer_state.json").read_text())
+    assert state["global_step"] == state["max_steps"]
     with caplog.at_level(logging.INFO):
         again = finetune_detection(
             checkpoint,

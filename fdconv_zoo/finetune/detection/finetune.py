@@ -157,7 +157,8 @@ def _prepare(
             eval_do_concat_batches=False,
             weight_decay=1e-4,  # RT-DETR's
             max_grad_norm=0.1,  # RT-DETR's gradient clipping
-            metric_for_best_model="map",
+            # No metric_for_best_model: with save_total_limit=1 Trainer would then keep the best checkpoint
+            # instead of the last, and a rerun would resume from an earlier epoch.
         ),
     )
 
