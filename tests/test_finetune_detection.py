@@ -51,6 +51,7 @@ def test_short_run_learns_and_saves_a_folder_transformers_reloads(trained):
     saved = root / "run" / "model"
     metrics = json.loads((saved / "metrics.json").read_text())
     assert metrics["map"] == pytest.approx(result.metrics["map"])
+    assert metrics["per_class_map"] == pytest.approx(result.per_class_map)
     card = (saved / "README.md").read_text()
     assert "pipeline_tag: object-detection" in card and f"| map | {result.metrics['map']:.4f} |" in card
 

@@ -46,6 +46,7 @@ def test_short_run_learns_and_saves_a_folder_transformers_reloads(trained):
     saved = root / "run" / "model"
     metrics = json.loads((saved / "metrics.json").read_text())
     assert metrics["segm_map"] == pytest.approx(result.metrics["segm_map"])
+    assert metrics["per_class_segm_map"] == pytest.approx(result.per_class_map)
     card = (saved / "README.md").read_text()
     assert "pipeline_tag: image-segmentation" in card and f"| segm_map | {result.metrics['segm_map']:.4f} |" in card
 

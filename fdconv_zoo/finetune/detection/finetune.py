@@ -8,7 +8,6 @@ model with its image processor, ``metrics.json`` and a card, which ``AutoModelFo
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 
 from ...errors import MissingExtraError
 from ..coco_data import load_coco_dataset
+from ..coco_report import coco_report
 from ..trainer_flow import Report, TrainedRun, TrainingPlan, TrainingSetup, run_finetune
 from .inputs import DetectionInputs, collate, image_processor, round_image_size, train_augmentation
 from .metrics import SUMMARY_KEYS, DetectionMetrics
@@ -225,52 +225,24 @@ def _report(
     )
     dataset_label = Path(dataset).name if Path(dataset).is_dir() else dataset
     title = f"{detector} on {model_name} fine-tuned on {dataset_label}"
-    plan = run.plan
-    card_fields = dict(
-        model_name=title,
-        detector=detector,
-        base_model=model_name,
-        dataset=dataset_label,
-        train_images=train_images,
-        epochs=f"{plan.epochs:g}",
-        batch_size=plan.batch_size,
-        lr=f"{plan.learning_rate:g}",
-        backbone_lr=f"{_backbone_lr(run):g}",
-        image_size=image_size,
-        freezing=freezing,
-        test_examples=len(run.setup.test_data),
-        summary="\n".join(f"| {key} | {value:.4f} |" for key, value in scores.items()),
-        eval_loss=f"{result.eval_loss:.4f}",
-        parameters=f"{run.parameters:,}",
-        per_class="\n".join(f"| {name} | {value:.4f} |" for name, value in per_class.items()),
-    )
-    rows = [
-        *((key, f"{value:.4f}") for key, value in scores.items()),
-        ("eval loss", f"{result.eval_loss:.4f}"),
-        ("train loss", f"{run.train_loss:.4f}"),
-        *((f"AP {name}", f"{value:.4f}") for name, value in per_class.items()),
-    ]
-    metrics_json = {**scores, "per_class_map": per_class, "eval_loss": result.eval_loss, "dataset": dataset_label}
-
-    def save_model(folder: Path) -> None:
-        run.trainer.model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-        (folder / "metrics.json").write_text(json.dumps(metrics_json, indent=2) + "\n")
-
-    return Report(
+    return coco_report(
+        run,
         result,
-        title,
-        rows,
-        _card_data(model_name, dataset, dataset_label, title, scores),
-        _CARD,
-        card_fields,
-        save_model,
+        title=title,
+        model_name=model_name,
+        dataset_label=dataset_label,
+        scores=scores,
+        per_class=per_class,
+        per_class_name="AP",
+        per_class_key="per_class_map",
+        processor=processor,
+        image_size=image_size,
+        train_images=train_images,
+        freezing=freezing,
+        card_data=_card_data(model_name, dataset, dataset_label, title, scores),
+        card_template=_CARD,
+        detector=detector,
     )
-
-
-def _backbone_lr(run: TrainedRun) -> float:
-    """The backbone's learning rate as configured (not as scheduled)."""
-    return min(group.get("initial_lr", group["lr"]) for group in run.trainer.optimizer.param_groups)
 
 
 def _card_data(model_name: str, dataset: str, dataset_label: str, title: str, scores: Mapping[str, float]) -> Any:

@@ -9,7 +9,6 @@ with masks, the model, COCO mask AP and the saved folder: a transformers model w
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ from typing import Any
 import torch
 
 from ..coco_data import load_coco_dataset
-from ..detection.finetune import _backbone_lr, _require_detection_extra
+from ..coco_report import coco_report
+from ..detection.finetune import _require_detection_extra
 from ..detection.inputs import round_image_size
 from ..detection.model import freeze_backbone_defaults, load_backbone_source
 from ..trainer_flow import Report, TrainedRun, TrainingPlan, TrainingSetup, run_finetune
@@ -208,45 +208,22 @@ def _report(
     )
     dataset_label = Path(dataset).name if Path(dataset).is_dir() else dataset
     title = f"Mask2Former on {model_name} fine-tuned on {dataset_label}"
-    plan = run.plan
-    card_fields = dict(
-        model_name=title,
-        base_model=model_name,
-        dataset=dataset_label,
-        train_images=train_images,
-        epochs=f"{plan.epochs:g}",
-        batch_size=plan.batch_size,
-        lr=f"{plan.learning_rate:g}",
-        backbone_lr=f"{_backbone_lr(run):g}",
-        image_size=image_size,
-        freezing=freezing,
-        test_examples=len(run.setup.test_data),
-        summary="\n".join(f"| {key} | {value:.4f} |" for key, value in scores.items()),
-        eval_loss=f"{result.eval_loss:.4f}",
-        parameters=f"{run.parameters:,}",
-        per_class="\n".join(f"| {name} | {value:.4f} |" for name, value in per_class.items()),
-    )
-    rows = [
-        *((key, f"{value:.4f}") for key, value in scores.items()),
-        ("eval loss", f"{result.eval_loss:.4f}"),
-        ("train loss", f"{run.train_loss:.4f}"),
-        *((f"mask AP {name}", f"{value:.4f}") for name, value in per_class.items()),
-    ]
-    metrics_json = {**scores, "per_class_segm_map": per_class, "eval_loss": result.eval_loss, "dataset": dataset_label}
-
-    def save_model(folder: Path) -> None:
-        run.trainer.model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-        (folder / "metrics.json").write_text(json.dumps(metrics_json, indent=2) + "\n")
-
-    return Report(
+    return coco_report(
+        run,
         result,
-        title,
-        rows,
-        _card_data(model_name, dataset, dataset_label, title, scores),
-        _CARD,
-        card_fields,
-        save_model,
+        title=title,
+        model_name=model_name,
+        dataset_label=dataset_label,
+        scores=scores,
+        per_class=per_class,
+        per_class_name="mask AP",
+        per_class_key="per_class_segm_map",
+        processor=processor,
+        image_size=image_size,
+        train_images=train_images,
+        freezing=freezing,
+        card_data=_card_data(model_name, dataset, dataset_label, title, scores),
+        card_template=_CARD,
     )
 
 
