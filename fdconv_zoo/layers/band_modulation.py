@@ -25,6 +25,7 @@ from .tap_sum_conv import tap_sum_conv
 __all__ = ["FrequencyBandModulation"]
 
 
+@torch.compiler.assume_constant_result  # compiled graphs take it as a constant, not as ops
 def _pass_band_masks(
     sizes: tuple[int, ...], cutoffs: tuple[int, ...], exact: bool, gain: float, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -35,6 +36,7 @@ def _pass_band_masks(
     return (torch.cat([ones, lows]) - torch.cat([lows, torch.zeros_like(ones)])) * gain
 
 
+@torch.compiler.assume_constant_result
 def _zero_block(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.zeros(shape, dtype=dtype, device=device)
 
@@ -189,7 +191,21 @@ class FrequencyBandModulation(nn.Module):
         weight, bias = torch.stack(weights, 1).flatten(0, 1), torch.stack(biases, 1).flatten()
         return (weight * 2, bias * 2) if self.act == "tanh" else (weight, bias)
 
-    def forward_batched(self, x: torch.Tensor, *, exporting: bool = False, reuse: bool = False) -> torch.Tensor:
+    def _compiled_attentions(self, x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor | float]:
+        """Each band's attention map, (B, G, *spatial), from its own convolution (compiled graphs): no stacked
+        weights made per call, and the sigmoids fuse into the kernel that weights the bands; an unattended
+        lowest band gets the sigmoid of a zero logit, 1/2."""
+        g = self.spatial_group
+        logits = [
+            conv_nd(x, c.weight.to(x.dtype), c, groups=g, bias=c.bias.to(x.dtype)).to(dtype)
+            for c in self.freq_weight_conv_list
+        ]
+        maps: list[torch.Tensor | float] = [torch.sigmoid(z * 2 if self.act == "tanh" else z) for z in logits]
+        return maps if self.lowfreq_att else [*maps, 0.5]
+
+    def forward_batched(
+        self, x: torch.Tensor, *, exporting: bool = False, reuse: bool = False, compiled: bool = False
+    ) -> torch.Tensor:
         """:meth:`forward` in a fixed handful of batched ops (accelerators, compiled graphs): one convolution for
         every band's attention map, one real FFT of the input, one product with the stacked band-pass masks and
         one inverse FFT for all bands, one product and sum with the attentions. ``reuse`` takes the masks and,
@@ -197,23 +213,27 @@ class FrequencyBandModulation(nn.Module):
         dims, sizes = tuple(range(-self.spatial_dims, 0)), tuple(x.shape[-self.spatial_dims :])
         c, g = x.shape[1], self.spatial_group
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # not promote_types: an op
-        convs = self.freq_weight_conv_list
-        tensors = [t for conv in convs for t in (conv.weight, conv.bias)]
-        no_grad = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        weight, bias = constant(
-            self,
-            "attention_conv",
-            lambda: parameter_key(*tensors),
-            lambda: self._stacked_attention_conv(reuse),
-            reuse and no_grad,
-            1,
-        )
-        logits = conv_nd(x, weight.to(x.dtype), convs[0], groups=g, bias=bias.to(x.dtype)).to(dtype)
-        logits = logits.unflatten(1, (g, -1))  # (B, G, n+1, *spatial)
-        if self.act == "softmax":
-            att = bounded_attention(logits, "softmax", dim=1)
+        separate = compiled and self.act != "softmax"
+        if separate:
+            maps = self._compiled_attentions(x, dtype)
         else:
-            att = logits.sigmoid_() if not torch.is_grad_enabled() else torch.sigmoid(logits)
+            convs = self.freq_weight_conv_list
+            tensors = [t for conv in convs for t in (conv.weight, conv.bias)]
+            no_grad = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            weight, bias = constant(
+                self,
+                "attention_conv",
+                lambda: parameter_key(*tensors),
+                lambda: self._stacked_attention_conv(reuse),
+                reuse and no_grad,
+                1,
+            )
+            logits = conv_nd(x, weight.to(x.dtype), convs[0], groups=g, bias=bias.to(x.dtype)).to(dtype)
+            logits = logits.unflatten(1, (g, -1))  # (B, G, n+1, *spatial)
+            if self.act == "softmax":
+                att = bounded_attention(logits, "softmax", dim=1)
+            else:
+                att = logits.sigmoid_() if not torch.is_grad_enabled() else torch.sigmoid(logits)
         key = (sizes, tuple(self.k_list), self.exact_masks, 1.0 if self.act == "softmax" else 2.0, dtype, x.device)
         masks = constant(self, "band_passes", key, lambda: _pass_band_masks(*key), reuse)
         with float32_region(x.device.type, exporting):
@@ -222,6 +242,9 @@ class FrequencyBandModulation(nn.Module):
             masked = torch.view_as_complex(spectrum[:, None] * masks[:, None, ..., None])
             bands = torch.fft.irfftn(masked, s=sizes, dim=dims)  # (B, n+1, C, *spatial)
         bands = bands.unflatten(2, (g, c // g))
+        if separate:  # one elementwise sum the compiler fuses with the sigmoids
+            weighted = sum(bands[:, j] * (a if isinstance(a, float) else a[:, :, None]) for j, a in enumerate(maps))
+            return weighted.flatten(1, 2).to(x.dtype)
         weighted = (
             bands.mul_(att.transpose(1, 2)[:, :, :, None])
             if not torch.is_grad_enabled()

@@ -68,16 +68,21 @@ class _StarReLU(torch.autograd.Function):
         return grad_z, grad_scale, grad_bias
 
 
-def _head_scales(ksm: nn.Module) -> list[float]:
-    """Per head logit: the inverse temperature, doubled for the tanh form (``1 + tanh(z) = 2 sigmoid(2 z)``)."""
+def _head_scales(ksm: nn.Module, per_channel: bool = True) -> list[float]:
+    """Per head logit (or per present head): the inverse temperature, doubled for the tanh form
+    (``1 + tanh(z) = 2 sigmoid(2 z)``)."""
     act_gain = 2.0 if ksm.act == "tanh" else 1.0
     scales = []
     for name in _HEADS:
         head = getattr(ksm, name, None)
         if head is not None:
             temp = ksm.kernel_temp if name == "kernel_fc" else ksm.temp
-            scales += [act_gain / temp] * head.out_channels
+            scales += [act_gain / temp] * (head.out_channels if per_channel else 1)
     return scales
+
+
+def _scaled(t: torch.Tensor, scale: float) -> torch.Tensor:
+    return t if scale == 1.0 else t * scale
 
 
 def _head_weights(ksm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,12 +108,24 @@ def _folded_global_weights(ksm: nn.Module) -> tuple[torch.Tensor, ...]:
     return fc_weight, fc_bias, weight * ksm.relu.scale, bias + weight.sum(1) * ksm.relu.bias
 
 
-def _global_attentions(ksm: nn.Module, pooled: torch.Tensor, reuse: bool) -> _Attentions:
+def _global_attentions(ksm: nn.Module, pooled: torch.Tensor, plan: ExecutionPlan) -> _Attentions:
     """The global branch's activations: sigmoids of the (scaled) head logits, or the softmax group attention."""
+    if plan.fused_elementwise:
+        # Compiled: one matrix product per head and every product with a parameter on the (B, heads) activations,
+        # where the compiler fuses it into the kernels that read them; concatenating or folding weights would
+        # add kernels over weight-shaped tensors to every call.
+        h = ksm.relu(ksm._normalize(pooled @ ksm.fc.weight.flatten(1).T))
+        heads = {n: getattr(ksm, n) for n in _HEADS if getattr(ksm, n, None) is not None}
+        scales = iter(_head_scales(ksm, per_channel=False))
+        logits = {n: _scaled(F.linear(h, c.weight.flatten(1), c.bias), next(scales)) for n, c in heads.items()}
+        if ksm.act == "softmax":
+            return _Attentions(None, None, None, torch.softmax(logits["kernel_fc"], 1))
+        return _Attentions(*(torch.sigmoid(logits[n]) if n in logits else None for n in _HEADS))
     tensors = [p for p in ksm.parameters()] + [b for b in ksm.buffers() if b.is_floating_point()]
     bn = ksm.bn
     foldable = isinstance(bn, nn.modules.batchnorm._BatchNorm) and not bn.training and bn.running_var is not None
     if foldable and not _records_autograd(*tensors):
+        reuse = plan.reuse_constants
         key = lambda: parameter_key(*tensors)  # noqa: E731
         fc_weight, fc_bias, weight, bias = constant(ksm, "folded", key, lambda: _folded_global_weights(ksm), reuse, 1)
         h = F.relu(torch.addmm(fc_bias, pooled, fc_weight.T)).square()
@@ -142,6 +159,7 @@ def _local_weight(local: nn.Module, act: str) -> torch.Tensor:
     return local.conv.weight * 2 if act == "tanh" else local.conv.weight
 
 
+@torch.compiler.assume_constant_result
 def _edge_mask(n2: int, cols: int, gain: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(n2, 2) factors ``gain`` on the (real, imag) parts after the inverse along the rows, zero for the imaginary parts
     of the zero column and of an even ``cols``' Nyquist column, which the inverse real FFT must not read (torch's
@@ -152,6 +170,7 @@ def _edge_mask(n2: int, cols: int, gain: float, dtype: torch.dtype, device: torc
     return torch.tensor(mask, dtype=dtype, device=device) * gain
 
 
+@torch.compiler.assume_constant_result
 def _hermitian_factors(
     n2: int, cols: int, gain: float, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,10 +201,9 @@ def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: 
     n2 = pairs.shape[-2]
     if plan.fused_elementwise:  # symmetrised in the gather's kernel, then one inverse FFT
         keep, mirrored = _hermitian_factors(n2, cols, gain, dtype, dft.device)
-        rows = pairs.shape[-3]
-        mirror = torch.tensor([-r % rows for r in range(rows)], device=dft.device)
-        pairs = pairs * keep + pairs[..., mirror, :, :] * mirrored
-        return torch.fft.irfft2(torch.view_as_complex(pairs.contiguous()), s=(rows, cols))
+        mirror = pairs.flip(-3).roll(1, -3)  # row -r at row r: an index map the compiler fuses, not a kernel
+        pairs = pairs * keep + mirror * mirrored
+        return torch.fft.irfft2(torch.view_as_complex(pairs.contiguous()), s=(pairs.shape[-3], cols))
     spectrum = torch.view_as_complex(pairs if pairs.is_contiguous() else pairs.contiguous())
     key = (n2, cols, gain, dtype, dft.device)
     edge = constant(layer, "edge", key, lambda: _edge_mask(*key), plan.reuse_constants)
@@ -274,9 +292,11 @@ def batched_forward(layer: FDConv, x: torch.Tensor, plan: ExecutionPlan) -> torc
     pooled = x.mean(1 if layer.token_layout else tuple(range(2, x.dim())))
     pooled = pooled.float() if plan.float32_attention else pooled
     with float32_region(x.device.type, plan.exporting) if plan.float32_attention else contextlib.nullcontext():
-        att = _global_attentions(layer.KSM_Global, pooled, plan.reuse_constants)
+        att = _global_attentions(layer.KSM_Global, pooled, plan)
     if hasattr(layer, "FBM"):
-        x = layer.FBM.forward_batched(x, exporting=plan.exporting, reuse=plan.reuse_constants)
+        x = layer.FBM.forward_batched(
+            x, exporting=plan.exporting, reuse=plan.reuse_constants, compiled=plan.fused_elementwise
+        )
     if plan.recompute:
         y = checkpoint(_dynamic_conv, layer, x, pooled, att, layer.bias, plan, use_reentrant=False)
     else:
