@@ -188,3 +188,27 @@ def test_autocast_keeps_ffts_and_attentions_in_float32():
             y = layer(x)
     assert y.dtype == torch.bfloat16
     assert relative_error(y.float(), expected) < 2e-2
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("in_channels", [33, 32], ids=["odd", "even"])
+def test_inverse_real_fft_gets_real_edge_columns(train, in_channels, monkeypatch):
+    """Backends disagree on what an inverse real FFT makes of imaginary parts in the zero (and, for an even length,
+    the Nyquist) column; the CPU's ignores them. The CUDA plan hands it those parts zeroed, so every backend
+    computes what the CPU does. Checked on every inverse real FFT of the weight image, with a spectrum whose
+    edge columns carry imaginary parts (image columns: ``in_channels * 3``, odd or even)."""
+    layer = _layer(FDConv, dict(in_channels=in_channels, out_channels=32, kernel_size=3, padding=1)).train(train)
+    with torch.no_grad():
+        layer.dft_weight.normal_()
+    seen, irfft = [], torch.fft.irfft
+
+    def checked_irfft(z, n=None, dim=-1, norm=None):
+        edges = [0, z.shape[dim] - 1] if n % 2 == 0 else [0]
+        seen.append(z.imag.index_select(dim, torch.tensor(edges)).abs().max().item())
+        return irfft(z, n=n, dim=dim, norm=norm)
+
+    monkeypatch.setattr(torch.fft, "irfft", checked_irfft)
+    x = torch.randn(2, in_channels, 8, 8, dtype=torch.float64)
+    with torch.set_grad_enabled(train), planning_as("cuda"):
+        layer(x)
+    assert seen == [0.0]

@@ -186,17 +186,25 @@ def _hermitian_factors(
 def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: ExecutionPlan) -> torch.Tensor:
     """(B or 1, rows, cols) weight images: the spectrum's bins times ``gain`` and their group's attention.
 
-    The parameter is read as a complex view (no copy); ``gain`` rides on the constant edge factors."""
+    The parameter is read as a complex view (no copy); ``gain`` rides on the constant edge factors, or without
+    autograd on the group attention's product."""
     dft = layer.dft_weight
     dtype = torch.float64 if dft.dtype == torch.float64 else torch.float32
     cols = layer.weight_image_shape[1]
     pairs = dft.to(dtype)  # (P, rows, n2, 2) real and imaginary parts: real products, no complex kernels
+    # Without autograd, ``gain`` joins the group attention's product (an addcmul onto a cached zero), and only the
+    # edge columns are written after the row transform, instead of a product over the whole spectrum.
+    gain_in_product = plan.in_place and group is not None and not plan.fused_elementwise
     if group is None:
         pairs = pairs.sum(0, keepdim=True)
     else:
         # The group attention of every bin: one gather with the (rows, n2) int32 group map, one product.
         per_bin = group.to(dtype).view(group.shape[0], layer.param_ratio, -1)[:, :, layer.frequency_group]
-        pairs = pairs * per_bin[..., None]  # (B, P, rows, n2, 2)
+        if gain_in_product:
+            zero = constant(layer, "zero", (dtype, dft.device), lambda: pairs.new_zeros(()), plan.reuse_constants)
+            pairs = torch.addcmul(zero, pairs, per_bin[..., None], value=gain)
+        else:
+            pairs = pairs * per_bin[..., None]  # (B, P, rows, n2, 2)
         pairs = pairs.squeeze(1) if layer.param_ratio == 1 else pairs.sum(1)
     n2 = pairs.shape[-2]
     if plan.fused_elementwise:  # symmetrised in the gather's kernel, then one inverse FFT
@@ -205,10 +213,13 @@ def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: 
         pairs = pairs * keep + mirror * mirrored
         return torch.fft.irfft2(torch.view_as_complex(pairs.contiguous()), s=(pairs.shape[-3], cols))
     spectrum = torch.view_as_complex(pairs if pairs.is_contiguous() else pairs.contiguous())
-    key = (n2, cols, gain, dtype, dft.device)
-    edge = constant(layer, "edge", key, lambda: _edge_mask(*key), plan.reuse_constants)
     halves = torch.view_as_real(torch.fft.ifft(spectrum, dim=-2))
-    halves = halves.mul_(edge) if plan.in_place else halves * edge
+    if gain_in_product:  # the imaginary parts of the zero and (even cols) Nyquist columns, as one strided view
+        halves[..., :: max(n2 - 1, 1) if cols % 2 == 0 else n2, 1].zero_()
+    else:
+        key = (n2, cols, gain, dtype, dft.device)
+        edge = constant(layer, "edge", key, lambda: _edge_mask(*key), plan.reuse_constants)
+        halves = halves.mul_(edge) if plan.in_place else halves * edge
     return torch.fft.irfft(torch.view_as_complex(halves), n=cols, dim=-1)
 
 
