@@ -97,12 +97,13 @@ def count_model(
 ) -> dict[str, dict]:
     """Counts of one eval forward and/or one training step (``modes``) of ``model`` on ``x`` under ``plan``.
 
-    One untimed eval forward first fills the caches a first call fills (the band split's DFT matrices per
-    size); the training step is counted after it and the eval count: a further training step counts the same.
+    One uncounted call of each mode first fills the caches a first call fills (constants per size, e.g. band
+    masks): a further call counts the same.
     """
     out = {}
     with planning_as(plan):
-        training_or_eval_step(model.eval(), x, False, None)()
+        for mode in modes:
+            training_or_eval_step(model.train(mode == "train"), x, mode == "train", None)()
         for mode in modes:
             model.train(mode == "train").zero_grad(set_to_none=True)
             with OpCostMode(layers) as counter:
@@ -116,8 +117,19 @@ def count_model(
                 },
                 "sync_ops": counter.sync_ops,
                 "records": [(r.name, r.flops, r.bytes) for r in counter.records],  # for the cost model
+                "bytes_by_op": _bytes_by_op(counter.records),
             }
     model.zero_grad(set_to_none=True)
+    return out
+
+
+def _bytes_by_op(records: Sequence) -> dict[str, list[int]]:
+    """[kernels, bytes] per aten op inside the tracked layers, and ``"outside the layers"`` for the rest."""
+    out: dict[str, list[int]] = {}
+    for r in records:
+        entry = out.setdefault(r.name if r.layer is not None else "outside the layers", [0, 0])
+        entry[0] += 1
+        entry[1] += r.bytes
     return out
 
 
@@ -422,6 +434,7 @@ def render_markdown(results: dict) -> str:
             ),
             "",
         ]  # fmt: skip
+    lines += _bytes_lines(results)
     lines += _prediction_lines(results)
     lines += ["## Targets (issue 33)", ""]
     target_rows = [
@@ -432,6 +445,33 @@ def render_markdown(results: dict) -> str:
     header = ["target", "limit", "worst over the dense settings", "status"]
     lines += [format_table(header, target_rows), ""]
     return "\n".join(lines)
+
+
+def _bytes_lines(results: dict) -> list[str]:
+    """Where the FDConv model's eval bytes go, per aten op inside its FDConv layers, on the dense settings."""
+    dense = {spec: e["eval"] for spec, e in results["settings"].items() if "classifier" not in spec and "eval" in e}
+    dense = {spec: models for spec, models in dense.items() if "bytes_by_op" in models["fdconv"]}
+    if not dense:
+        return []
+    first = next(iter(dense.values()))["fdconv"]["bytes_by_op"]
+    names = sorted(first, key=lambda n: (n == "outside the layers", -first[n][1]))
+    rows = []
+    for name in names:
+        row = [name.removeprefix("aten.")]
+        for models in dense.values():
+            kernels, nbytes = models["fdconv"]["bytes_by_op"].get(name, (0, 0))
+            row += [str(kernels), _fmt(nbytes / 1e6, 0), f"{nbytes / models['base']['total']['bytes']:.2f}"]
+        rows.append(row)
+    header = ["op"] + [f"{label} {spec}" for spec in dense for label in ("kernels", "MB", "x base bytes")]
+    return [
+        "## Where the eval bytes go (FDConv model, ops inside its FDConv layers)",
+        "",
+        "Each row sums one aten op over every FDConv layer; the last row is everything else (the base model's own "
+        "work). The third column of a setting is the op's bytes over the whole base model's.",
+        "",
+        format_table(header, rows),
+        "",
+    ]
 
 
 def _prediction_lines(results: dict) -> list[str]:

@@ -164,10 +164,10 @@ def _edge_mask(n2: int, cols: int, gain: float, dtype: torch.dtype, device: torc
     """(n2, 2) factors ``gain`` on the (real, imag) parts after the inverse along the rows, zero for the imaginary parts
     of the zero column and of an even ``cols``' Nyquist column, which the inverse real FFT must not read (torch's
     CPU inverse ignores them; other backends need not)."""
-    mask = [[1.0, 1.0] for _ in range(n2)]
+    mask = [[gain, gain] for _ in range(n2)]
     for c in {0, n2 - 1} if cols % 2 == 0 else {0}:
         mask[c][1] = 0.0
-    return torch.tensor(mask, dtype=dtype, device=device) * gain
+    return torch.tensor(mask, dtype=dtype, device=device)
 
 
 @torch.compiler.assume_constant_result
