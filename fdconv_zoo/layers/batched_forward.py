@@ -15,6 +15,7 @@ tensor values (no host syncs).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -49,23 +50,24 @@ def _records_autograd(*tensors: torch.Tensor | None) -> bool:
 
 
 class _StarReLU(torch.autograd.Function):
-    """``scale * relu(z) ** 2 + bias`` with a hand-written backward: five ops where autograd's composition of
-    relu, square and addcmul records ten (this runs once per layer and training step)."""
+    """``scale * relu(z) ** 2 + bias`` with a hand-written backward: four ops where autograd's composition of
+    relu, square and addcmul records ten (this runs once per layer and training step). ``zero``, a cached
+    scalar, lets one addcmul make ``2 * scale * grad * r``."""
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, z: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
         r = F.relu(z)
-        ctx.save_for_backward(r, scale)
+        ctx.save_for_backward(r, scale, zero)
         return torch.addcmul(bias, r, r * scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        r, scale = ctx.saved_tensors
+        r, scale, zero = ctx.saved_tensors
         grad_r = grad * r
-        grad_z = grad_r * (2 * scale) if ctx.needs_input_grad[0] else None
+        grad_z = torch.addcmul(zero, grad_r, scale, value=2) if ctx.needs_input_grad[0] else None
         grad_scale = torch.dot(grad_r.flatten(), r.flatten()).view(1) if ctx.needs_input_grad[1] else None
         grad_bias = grad.sum().view(1) if ctx.needs_input_grad[2] else None
-        return grad_z, grad_scale, grad_bias
+        return grad_z, grad_scale, grad_bias, None
 
 
 def _head_scales(ksm: nn.Module, per_channel: bool = True) -> list[float]:
@@ -133,7 +135,8 @@ def _global_attentions(ksm: nn.Module, pooled: torch.Tensor, plan: ExecutionPlan
     else:
         z = ksm._normalize(pooled @ ksm.fc.weight.flatten(1).T)
         weight, bias = _head_weights(ksm)
-        logits = torch.addmm(bias, _StarReLU.apply(z, ksm.relu.scale, ksm.relu.bias), weight.T)
+        zero = constant(ksm, "zero", (z.dtype, z.device), lambda: z.new_zeros(()), plan.reuse_constants)
+        logits = torch.addmm(bias, _StarReLU.apply(z, ksm.relu.scale, ksm.relu.bias, zero), weight.T)
     if ksm.act == "softmax":  # the official softmax form has only the group attention
         return _Attentions(None, None, None, torch.softmax(logits, 1))
     present = [getattr(ksm, n, None) is not None for n in _HEADS]
@@ -183,6 +186,53 @@ def _hermitian_factors(
     return torch.tensor(keep, dtype=dtype, device=device), torch.tensor(mirrored, dtype=dtype, device=device)
 
 
+@functools.cache
+def _adjoint_factors(n2: int, cols: int, gain: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n2, 2) factors of the weight image's adjoint on the (re, im) pairs of ``rfft(grad)``: ``gain``, twice for
+    the columns whose mirror the one-sided spectrum leaves out, and zero for the edges' imaginary parts."""
+    factors = [[gain * 2, gain * 2] if 0 < c <= cols - n2 else [gain, gain] for c in range(n2)]
+    for c in {0, n2 - 1} if cols % 2 == 0 else {0}:
+        factors[c][1] = 0.0
+    return torch.tensor(factors, dtype=dtype, device=device)
+
+
+class _WeightImage(torch.autograd.Function):
+    """(B, rows, cols) weight images from the (P, rows, n2, 2) spectrum pairs and the (B, P * KN) group
+    attentions: ``gain`` times each bin's attention (one gather, one addcmul onto the cached ``zero``), the inverse
+    FFT along the rows, the edge columns' imaginary parts zeroed (what the CPU's inverse real FFT ignores, made
+    explicit so every backend agrees), the inverse real FFT along the columns. The backward is the adjoint in
+    one product with constant factors (the columns' doubling, the edges and ``gain`` at once): nine kernels
+    where autograd's backward of the forward's ops runs eleven."""
+
+    @staticmethod
+    def forward(ctx, pairs, group, index, gain: float, cols: int, zero):  # noqa: ANN001, ANN205
+        per_bin = group.view(group.shape[0], pairs.shape[0], -1)[:, :, index]  # (B, P, rows, n2)
+        scaled = torch.addcmul(zero, pairs, per_bin[..., None], value=gain)
+        scaled = scaled.squeeze(1) if pairs.shape[0] == 1 else scaled.sum(1)
+        halves = torch.view_as_real(torch.fft.ifft(torch.view_as_complex(scaled.contiguous()), dim=-2))
+        n2 = halves.shape[-2]
+        halves[..., :: max(n2 - 1, 1) if cols % 2 == 0 else n2, 1].zero_()
+        ctx.save_for_backward(pairs, per_bin, index)
+        ctx.gain, ctx.cols, ctx.groups = gain, cols, group.shape[1] // pairs.shape[0]
+        return torch.fft.irfft(torch.view_as_complex(halves), n=cols, dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        pairs, per_bin, index = ctx.saved_tensors
+        spectrum = torch.view_as_real(torch.fft.rfft(grad, dim=-1, norm="forward"))
+        factors = _adjoint_factors(spectrum.shape[-2], ctx.cols, ctx.gain, spectrum.dtype, spectrum.device)
+        rows = torch.view_as_real(torch.fft.fft(torch.view_as_complex(spectrum * factors), dim=-2, norm="forward"))
+        rows = rows[:, None]  # (B, 1, rows, n2, 2): the gradient of every P
+        grad_pairs = grad_group = None
+        if ctx.needs_input_grad[0]:
+            grad_pairs = (rows * per_bin[..., None]).sum(0)
+        if ctx.needs_input_grad[1]:
+            grad_bins = (rows * pairs).sum(-1).flatten(2)  # (B, P, bins)
+            grad_group = grad_bins.new_zeros(*grad_bins.shape[:2], ctx.groups)
+            grad_group = grad_group.index_add_(2, index.flatten(), grad_bins).flatten(1)
+        return grad_pairs, grad_group, None, None, None, None
+
+
 def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: ExecutionPlan) -> torch.Tensor:
     """(B or 1, rows, cols) weight images: the spectrum's bins times ``gain`` and their group's attention.
 
@@ -192,19 +242,15 @@ def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: 
     dtype = torch.float64 if dft.dtype == torch.float64 else torch.float32
     cols = layer.weight_image_shape[1]
     pairs = dft.to(dtype)  # (P, rows, n2, 2) real and imaginary parts: real products, no complex kernels
-    # Without autograd, ``gain`` joins the group attention's product (an addcmul onto a cached zero), and only the
-    # edge columns are written after the row transform, instead of a product over the whole spectrum.
-    gain_in_product = plan.in_place and group is not None and not plan.fused_elementwise
+    if group is not None and not plan.fused_elementwise:
+        zero = constant(layer, "zero", (dtype, dft.device), lambda: pairs.new_zeros(()), plan.reuse_constants)
+        return _WeightImage.apply(pairs, group.to(dtype), layer.frequency_group, gain, cols, zero)
     if group is None:
         pairs = pairs.sum(0, keepdim=True)
     else:
         # The group attention of every bin: one gather with the (rows, n2) int32 group map, one product.
         per_bin = group.to(dtype).view(group.shape[0], layer.param_ratio, -1)[:, :, layer.frequency_group]
-        if gain_in_product:
-            zero = constant(layer, "zero", (dtype, dft.device), lambda: pairs.new_zeros(()), plan.reuse_constants)
-            pairs = torch.addcmul(zero, pairs, per_bin[..., None], value=gain)
-        else:
-            pairs = pairs * per_bin[..., None]  # (B, P, rows, n2, 2)
+        pairs = pairs * per_bin[..., None]  # (B, P, rows, n2, 2)
         pairs = pairs.squeeze(1) if layer.param_ratio == 1 else pairs.sum(1)
     n2 = pairs.shape[-2]
     if plan.fused_elementwise:  # symmetrised in the gather's kernel, then one inverse FFT
@@ -214,12 +260,9 @@ def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: 
         return torch.fft.irfft2(torch.view_as_complex(pairs.contiguous()), s=(pairs.shape[-3], cols))
     spectrum = torch.view_as_complex(pairs if pairs.is_contiguous() else pairs.contiguous())
     halves = torch.view_as_real(torch.fft.ifft(spectrum, dim=-2))
-    if gain_in_product:  # the imaginary parts of the zero and (even cols) Nyquist columns, as one strided view
-        halves[..., :: max(n2 - 1, 1) if cols % 2 == 0 else n2, 1].zero_()
-    else:
-        key = (n2, cols, gain, dtype, dft.device)
-        edge = constant(layer, "edge", key, lambda: _edge_mask(*key), plan.reuse_constants)
-        halves = halves.mul_(edge) if plan.in_place else halves * edge
+    key = (n2, cols, gain, dtype, dft.device)
+    edge = constant(layer, "edge", key, lambda: _edge_mask(*key), plan.reuse_constants)
+    halves = halves.mul_(edge) if plan.in_place else halves * edge
     return torch.fft.irfft(torch.view_as_complex(halves), n=cols, dim=-1)
 
 
