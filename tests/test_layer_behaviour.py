@@ -237,6 +237,18 @@ def test_torch_compile_matches_eager():
         torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
 
 
+def test_torch_compile_follows_changing_input_sizes():
+    """A second input size makes dynamo recompile with symbolic sizes: the band masks, constants of a static
+    graph, are then built in the graph."""
+    torch._dynamo.reset()
+    layer = dynamic_layer(32, 48, 3, padding=1, kernel_num=8).eval()
+    compiled = torch.compile(layer, fullgraph=True)
+    with torch.no_grad():
+        for size in (12, 14, 16):
+            x = torch.randn(2, 32, size, size)
+            torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
 def test_default_device_context_does_not_leak_into_the_grouping():
     """transformers builds models under torch.device('meta'); the grouping is always computed on the CPU."""
     from fdconv_zoo.layers.frequency_groups import _frequency_group_map_cpu

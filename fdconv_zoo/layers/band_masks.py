@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["FBM_MASK_GRID", "band_axis_factors", "band_mask_factors", "band_masks", "hermitian_band_masks"]
+__all__ = ["FBM_MASK_GRID", "band_axis_factors", "band_mask_factors", "band_masks", "hermitian_band_pass_masks"]
 
 FBM_MASK_GRID = (64, 64)  # official FBM precomputes its masks on this grid and resizes them
 
@@ -88,36 +88,40 @@ def band_masks(
     return rows[:, :, None] * cols[:, None, :]
 
 
-def _outer(factors: Sequence[Sequence[float]]) -> torch.Tensor:
-    """The outer product of per-axis factors, in float64 (a scalar 1 for no axes)."""
-    out = torch.ones((), dtype=torch.float64)
-    for axis in factors:
-        out = out[..., None] * torch.tensor(axis, dtype=torch.float64)
-    return out
-
-
-def hermitian_band_masks(
-    sizes: Sequence[int], cutoffs: Sequence[int], exact: bool = False, dtype=torch.float32, device=None
+def hermitian_band_pass_masks(
+    sizes: Sequence[int], cutoffs: Sequence[int], exact: bool, gain: float, dtype=torch.float32, device=None
 ) -> torch.Tensor:
-    """The masks of :func:`band_axis_factors` over the ``rfftn`` bins, (len(cutoffs), *sizes[:-1], sizes[-1]//2+1),
-    with the last axis's zero (and Nyquist) bins replaced by their Hermitian part: the mean of the mask at ``f``
-    and ``-f`` on the full axes.
+    """``gain`` times the band-pass masks over the ``rfftn`` bins, (len(cutoffs)+1, *sizes[:-1], sizes[-1]//2+1),
+    highest band first: ``1 - m_0``, ``m_{j-1} - m_j``, then the lowest band ``m_{n-1}``, where ``m_j`` are the
+    low-pass masks of :func:`band_axis_factors` with the last axis's zero (and Nyquist) bins replaced by their
+    Hermitian part, the mean of the mask at ``f`` and ``-f`` on the full axes; they sum to ``gain``.
 
     torch's CPU ``irfftn`` reads only the Hermitian part of those bins, and a real input's spectrum is Hermitian
     there, so masking with these gives the same bands on every FFT backend, whatever it does with non-Hermitian
-    input (the resized official masks keep ``+f`` but not ``-f`` at some edges). Built from per-axis factors with
-    broadcast products only, so traced graphs get them as fused constants.
+    input (the resized official masks keep ``+f`` but not ``-f`` at some edges). Built from small per-axis
+    tensors by broadcast products and one difference of shifted slices, so a compiler fuses the whole
+    construction into the kernel that applies the masks.
     """
     last = sizes[-1]
     edges = {0, last // 2} if last % 2 == 0 else {0}
-    masks = []
-    for band in band_axis_factors(sizes, cutoffs, exact):
-        *full, cols = band
-        mirrored = [[axis[-i % len(axis)] for i in range(len(axis))] for axis in full]  # the factor at -f
-        inner = [0.0 if j in edges else float(keep) for j, keep in enumerate(cols)]
-        edge = [float(keep) if j in edges else 0.0 for j, keep in enumerate(cols)]
-        rows = _outer([[float(k) for k in axis] for axis in full])
-        hermitian_rows = (rows + _outer([[float(k) for k in axis] for axis in mirrored])) / 2
-        inner_t, edge_t = torch.tensor(inner, dtype=torch.float64), torch.tensor(edge, dtype=torch.float64)
-        masks.append(rows[..., None] * inner_t + hermitian_rows[..., None] * edge_t)
-    return torch.stack(masks).to(dtype=dtype, device=device)
+    # Low-pass levels -1 (keeps everything) to n (keeps nothing); the pass bands are differences of neighbours.
+    bands = band_axis_factors(sizes, cutoffs, exact)
+    bins = [len(axis) for axis in bands[0]] if bands else [*sizes[:-1], last // 2 + 1]
+    levels = [[[True] * b for b in bins], *bands, [[False] * b for b in bins]]
+    full = len(sizes) - 1
+
+    def axis_tensor(values: list[list[float]], axis: int) -> torch.Tensor:  # (levels, 1, ..., n_axis, ..., 1)
+        shape = [len(values)] + [1] * (full + 1)
+        shape[1 + axis] = len(values[0])
+        return torch.tensor(values, dtype=torch.float64).view(shape)
+
+    rows = mirrored_rows = torch.ones((), dtype=torch.float64)
+    for axis in range(full):
+        keeps = [[float(k) for k in level[axis]] for level in levels]
+        rows = rows * axis_tensor(keeps, axis)
+        mirrored_rows = mirrored_rows * axis_tensor([[k[-i % len(k)] for i in range(len(k))] for k in keeps], axis)
+    cols = [level[full] for level in levels]
+    inner = axis_tensor([[0.0 if j in edges else float(k) for j, k in enumerate(c)] for c in cols], full)
+    edge = axis_tensor([[float(k) if j in edges else 0.0 for j, k in enumerate(c)] for c in cols], full)
+    lows = rows * inner + (rows + mirrored_rows) * edge / 2
+    return ((lows[:-1] - lows[1:]) * gain).to(dtype=dtype, device=device)

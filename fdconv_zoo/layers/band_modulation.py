@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .band_masks import hermitian_band_masks
+from .band_masks import hermitian_band_pass_masks
 from .band_split import iter_band_lowpass
 from .bounded_attention import bounded_attention
 from .constant_cache import constant, parameter_key
@@ -23,17 +23,6 @@ from .execution import float32_region
 from .tap_sum_conv import tap_sum_conv
 
 __all__ = ["FrequencyBandModulation"]
-
-
-@torch.compiler.assume_constant_result  # compiled graphs take it as a constant, not as ops
-def _pass_band_masks(
-    sizes: tuple[int, ...], cutoffs: tuple[int, ...], exact: bool, gain: float, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """(n+1, *rfftn bins) band-pass masks, highest band first: ``1 - m_0``, ``m_{j-1} - m_j``, then the lowest
-    band ``m_{n-1}``; they sum to ``gain`` (the attentions' factor 2 of the sigmoid and tanh forms)."""
-    lows = hermitian_band_masks(sizes, cutoffs, exact, dtype, device)
-    ones = torch.ones_like(lows[:1])
-    return (torch.cat([ones, lows]) - torch.cat([lows, torch.zeros_like(ones)])) * gain
 
 
 @torch.compiler.assume_constant_result
@@ -268,7 +257,7 @@ class FrequencyBandModulation(nn.Module):
             else:
                 att = logits.sigmoid_() if not torch.is_grad_enabled() else torch.sigmoid(logits)
         key = (sizes, tuple(self.k_list), self.exact_masks, 1.0 if self.act == "softmax" else 2.0, dtype, x.device)
-        masks = constant(self, "band_passes", key, lambda: _pass_band_masks(*key), reuse)
+        masks = constant(self, "band_passes", key, lambda: hermitian_band_pass_masks(*key), reuse)
         if not separate and torch.is_grad_enabled():
             with float32_region(x.device.type, exporting):
                 return _BandModulation.apply(x.to(dtype), att.transpose(1, 2), masks, g).to(x.dtype)
