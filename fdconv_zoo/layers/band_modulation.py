@@ -225,6 +225,38 @@ class FrequencyBandModulation(nn.Module):
         maps: list[torch.Tensor | float] = [torch.sigmoid(z * 2 if self.act == "tanh" else z) for z in logits]
         return maps if self.lowfreq_att else [*maps, 0.5]
 
+    def _stacked_tanh_conv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The band attention convolutions stacked (group-major) and scaled so that the tanh of their output is the
+        attention minus one: ``2 sigmoid(z) - 1 = tanh(z / 2)``, and for the tanh form ``tanh(z)``."""
+        convs = self.freq_weight_conv_list
+        scale = 1.0 if self.act == "tanh" else 0.5
+        weight = torch.stack([c.weight for c in convs], 1).flatten(0, 1) * scale
+        return weight, torch.stack([c.bias for c in convs], 1).flatten() * scale
+
+    def _inference_without_low_band_attention(
+        self, x: torch.Tensor, dtype: torch.dtype, reuse: bool, exporting: bool
+    ) -> torch.Tensor:
+        """Inference when the lowest band has no attention (it is 1) and the others are sigmoids: the bands sum
+        to the input, so ``sum_j a_j band_j = x + sum_{j<n} (a_j - 1) band_j``, and only n of the n+1 bands go
+        through the masks and the inverse FFT (a quarter fewer bytes with three cut-offs), their attentions
+        minus one as one tanh."""
+        convs = self.freq_weight_conv_list
+        dims, sizes = tuple(range(-self.spatial_dims, 0)), tuple(x.shape[-self.spatial_dims :])
+        c, g, n = x.shape[1], self.spatial_group, len(convs)
+        tensors = [t for conv in convs for t in (conv.weight, conv.bias)]
+        weight, bias = constant(self, "tanh_conv", lambda: parameter_key(*tensors), self._stacked_tanh_conv, reuse, 1)
+        minus_one = conv_nd(x, weight.to(x.dtype), convs[0], groups=g, bias=bias.to(x.dtype)).to(dtype).tanh_()
+        key = (sizes, tuple(self.k_list), self.exact_masks, 1.0, dtype, x.device)
+        masks = constant(self, "band_passes", key, lambda: hermitian_band_pass_masks(*key), reuse)[:n]
+        with float32_region(x.device.type, exporting):
+            xf = x.to(dtype)
+            spectrum = torch.view_as_real(torch.fft.rfftn(xf, dim=dims))
+            bands = torch.fft.irfftn(
+                torch.view_as_complex(spectrum[:, None] * masks[:, None, ..., None]), s=sizes, dim=dims
+            )
+        bands = bands.unflatten(2, (g, c // g)).mul_(minus_one.unflatten(1, (g, n)).transpose(1, 2)[:, :, :, None])
+        return bands.sum(1).flatten(1, 2).add_(xf).to(x.dtype)
+
     def forward_batched(
         self, x: torch.Tensor, *, exporting: bool = False, reuse: bool = False, compiled: bool = False
     ) -> torch.Tensor:
@@ -235,6 +267,8 @@ class FrequencyBandModulation(nn.Module):
         dims, sizes = tuple(range(-self.spatial_dims, 0)), tuple(x.shape[-self.spatial_dims :])
         c, g = x.shape[1], self.spatial_group
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # not promote_types: an op
+        if not (compiled or torch.is_grad_enabled() or self.lowfreq_att or self.act == "softmax"):
+            return self._inference_without_low_band_attention(x, dtype, reuse, exporting)
         separate = compiled and self.act != "softmax"
         if separate:
             maps = self._compiled_attentions(x, dtype)
