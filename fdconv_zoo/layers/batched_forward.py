@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .attention_products import outer_product, scale_rows
 from .constant_cache import constant, parameter_key
 from .execution import ExecutionPlan, float32_region
 from .per_sample_conv import feature_view, per_sample_conv
@@ -295,18 +296,32 @@ def _modulated_weight(
         sig = logits.sigmoid_() if plan.in_place else torch.sigmoid(logits)
         weight = sig.view(b, cout, k, c, cin).permute(0, 1, 4, 2, 3) * image
     channel_on_weight, filter_on_weight = on_weight
+    backward_products = _backward_products(plan)
     taps = None
     if att.spatial is not None:
         taps = att.spatial.view(b, 1, 1, k, c)
     if att.channel is not None and channel_on_weight:
         channel = att.channel.view(b, 1, cin, 1, 1)
-        taps = channel if taps is None else taps * channel
+        if taps is None:
+            taps = channel
+        elif backward_products:
+            taps = outer_product(att.channel, att.spatial).view(b, 1, cin, k, c)
+        else:
+            taps = taps * channel
     # The tap factor goes first: its (Cin, k1, c) strides make the product's memory layout the convolution's.
     weight = taps * weight if taps is not None else weight.contiguous()
     if att.filter is not None and filter_on_weight:
-        factor = att.filter.view(b, cout, 1, 1, 1)
-        weight = weight.mul_(factor) if plan.in_place and weight.shape[0] == b else weight * factor
+        if backward_products and weight.shape[0] == b:
+            weight = scale_rows(weight, att.filter)
+        else:
+            factor = att.filter.view(b, cout, 1, 1, 1)
+            weight = weight.mul_(factor) if plan.in_place and weight.shape[0] == b else weight * factor
     return weight.expand(b, -1, -1, -1, -1)
+
+
+def _backward_products(plan: ExecutionPlan) -> bool:
+    """Whether attention products take :mod:`.attention_products`' backward (eager steps recording autograd)."""
+    return not plan.in_place and not plan.fused_elementwise
 
 
 def _dynamic_conv(
@@ -324,12 +339,16 @@ def _dynamic_conv(
         weight = _modulated_weight(layer, pooled, att, (channel_on_weight, filter_on_weight), plan)
     if not plan.float32_attention:  # under autocast the convolution itself casts the float32 weight
         weight = weight.to(x.dtype)
+    by_rows = _backward_products(plan) and not layer.token_layout
     if not channel_on_weight:
-        x = x * feature_view(att.channel, layer.token_layout, layer.spatial_dims).to(x.dtype)
+        channel = att.channel.to(x.dtype)
+        x = scale_rows(x, channel) if by_rows else x * feature_view(channel, layer.token_layout, layer.spatial_dims)
     # The kernel's logical image layout (B, Cout, k1, Cin, c), whose permutation back to the memory is a view.
     y = per_sample_conv(x, weight.transpose(2, 3), layer, plan.method, bias=bias if filter_on_weight else None)
     if filter_on_weight:
         return y
+    if bias is None and by_rows:
+        return scale_rows(y, att.filter.to(y.dtype))
     factor = feature_view(att.filter, layer.token_layout, layer.spatial_dims).to(y.dtype)
     if bias is None:
         return y.mul_(factor) if plan.in_place else y * factor
