@@ -319,6 +319,25 @@ def _modulated_weight(
     return weight.expand(b, -1, -1, -1, -1)
 
 
+class _PositionMean(torch.autograd.Function):
+    """``x.mean(dims)`` whose backward hands the input an expanded view of the pooled gradient divided by the
+    count: one small kernel where ``mean``'s backward writes an input-sized tensor (and the gradient's
+    accumulation then reads it)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:  # noqa: ANN001
+        ctx.shape, ctx.dims = x.shape, dims
+        return x.mean(dims)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        count = math.prod(ctx.shape[d] for d in ctx.dims)
+        scaled = grad / count
+        for d in ctx.dims:
+            scaled = scaled.unsqueeze(d)
+        return scaled.expand(ctx.shape), None
+
+
 def _backward_products(plan: ExecutionPlan) -> bool:
     """Whether attention products take :mod:`.attention_products`' backward (eager steps recording autograd)."""
     return not plan.in_place and not plan.fused_elementwise
@@ -361,8 +380,8 @@ def batched_forward(layer: FDConv, x: torch.Tensor, plan: ExecutionPlan) -> torc
     lead = x.shape[:-1]
     if layer.token_layout:
         x = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), layer.in_channels)
-    # One op (its backward writes an input-sized gradient, one pass like any other kernel on an accelerator).
-    pooled = x.mean(1 if layer.token_layout else tuple(range(2, x.dim())))
+    dims = (1,) if layer.token_layout else tuple(range(2, x.dim()))
+    pooled = _PositionMean.apply(x, dims) if _backward_products(plan) else x.mean(dims)
     pooled = pooled.float() if plan.float32_attention else pooled
     with float32_region(x.device.type, plan.exporting) if plan.float32_attention else contextlib.nullcontext():
         att = _global_attentions(layer.KSM_Global, pooled, plan)
