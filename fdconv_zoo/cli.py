@@ -21,7 +21,7 @@ from typing import NoReturn
 import torch
 import torch.nn as nn
 
-from .cli_types import keyword_argument, positive_float, positive_int, text_or_json_file
+from .cli_types import add_keyword_arguments, positive_float, positive_int, text_or_json_file
 from .errors import InputError
 from .layers import FDConv
 from .output_paths import check_writable
@@ -239,14 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile.add_argument(
         "--repeats", type=positive_int, default=10, help="timed forwards per model with --time (default 10; median)"
     )
-    profile.add_argument(
-        "--model-arg",
-        action="append",
-        type=keyword_argument,
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra timm.create_model keyword (both models)",
-    )
+    add_keyword_arguments(profile, "--model-arg", "extra timm.create_model keyword (both models)")
     profile.set_defaults(func=_profile)
     check = sub.add_parser("check-conversion", help="convert plain layers to FDConv and verify the conversion is exact")
     check.add_argument("--seed", type=int, default=0)
@@ -261,14 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     onnx.add_argument("--image-size", type=positive_int, help="square input size (default: the model's)")
     onnx.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default 18)")
-    onnx.add_argument(
-        "--model-arg",
-        action="append",
-        type=keyword_argument,
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra timm.create_model keyword",
-    )
+    add_keyword_arguments(onnx, "--model-arg", "extra timm.create_model keyword")
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     onnx.set_defaults(func=_export_onnx)
     finetune = sub.add_parser("finetune-classification", help="fine-tune a timm (FDConv) classifier with HF Trainer")
@@ -285,14 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finetune.add_argument("--batch-size", type=positive_int, default=32)
     finetune.add_argument("--lr", type=positive_float, default=1e-3)
     finetune.add_argument("--image-size", type=positive_int, help="input size (default: the model's)")
-    finetune.add_argument(
-        "--model-arg",
-        action="append",
-        type=keyword_argument,
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra timm.create_model keyword",
-    )
+    add_keyword_arguments(finetune, "--model-arg", "extra timm.create_model keyword")
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
     finetune.add_argument("--skip-bad-images", action="store_true", help=_SKIP_BAD_IMAGES_HELP)

@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import MissingInputError
 
-__all__ = ["keyword_argument", "positive_float", "positive_int", "text_or_json_file"]
+__all__ = ["add_keyword_arguments", "keyword_argument", "positive_float", "positive_int", "text_or_json_file"]
 
 
 def positive_int(text: str) -> int:
@@ -43,6 +43,11 @@ def keyword_argument(text: str) -> tuple[str, Any]:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return key, value
+
+
+def add_keyword_arguments(parser: argparse.ArgumentParser, option: str, help_text: str) -> None:
+    """A repeatable ``option KEY=VALUE`` (``--model-arg``, ``--detector-arg``), collected as a list of pairs."""
+    parser.add_argument(option, action="append", type=keyword_argument, default=[], metavar="KEY=VALUE", help=help_text)
 
 
 def text_or_json_file(value: str, option: str) -> tuple[str, str]:

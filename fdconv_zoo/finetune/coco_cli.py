@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli_types import keyword_argument, positive_float, positive_int, text_or_json_file
+from ..cli_types import add_keyword_arguments, positive_float, positive_int, text_or_json_file
 from .errors import FinetuneInputError
 
 __all__ = ["add_coco_finetune_arguments", "id2label_argument"]
@@ -38,9 +38,7 @@ def add_coco_finetune_arguments(
     parser.add_argument(
         "--id2label", help='class names of a dataset without them: a JSON file or object {"0": "coverall", ...}'
     )
-    parser.add_argument(
-        config_option, action="append", type=keyword_argument, default=[], metavar="KEY=VALUE", help=config_help
-    )
+    add_keyword_arguments(parser, config_option, config_help)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SUMMARY_KEYS", "DetectionMetrics"]
+__all__ = ["SUMMARY_KEYS", "DetectionMetrics", "per_class_scores"]
 
 # torchmetrics' names; -1 means "no such objects" (COCO's convention), e.g. no small boxes.
 SUMMARY_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
@@ -56,11 +56,16 @@ class DetectionMetrics:
         result = self._metric.compute()
         self._metric = self._new_metric()
         scores = {key: float(result[key]) for key in SUMMARY_KEYS}
-        classes = result["classes"].reshape(-1).tolist()
-        per_class = result["map_per_class"].reshape(-1).tolist()
-        self.per_class = {self.id2label.get(int(c), str(c)): float(v) for c, v in zip(classes, per_class, strict=True)}
+        self.per_class = per_class_scores(result, "map_per_class", self.id2label)
         scores.update({f"map_{name}": value for name, value in self.per_class.items()})
         return scores
+
+
+def per_class_scores(result: Mapping[str, torch.Tensor], key: str, id2label: Mapping[int, str]) -> dict[str, float]:
+    """Class name -> the per-class score ``key`` of a torchmetrics ``MeanAveragePrecision`` result."""
+    classes = result["classes"].reshape(-1).tolist()
+    scores = result[key].reshape(-1).tolist()
+    return {id2label.get(int(c), str(c)): float(v) for c, v in zip(classes, scores, strict=True)}
 
 
 def _corner_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,12 +15,10 @@ from typing import Any
 import torch
 
 from ..coco_data import CocoImage
+from ..detection.metrics import SUMMARY_KEYS, per_class_scores
 from .masks import instance_masks, mask_boxes
 
-__all__ = ["SUMMARY_KEYS", "InstanceMetrics"]
-
-# torchmetrics' names, each for "segm" (masks) and "bbox"; -1 means "no such objects" (COCO's convention).
-SUMMARY_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
+__all__ = ["SUMMARY_KEYS", "InstanceMetrics"]  # SUMMARY_KEYS: torchmetrics' names, each for "segm" and "bbox"
 
 
 class InstanceMetrics:
@@ -65,9 +63,7 @@ class InstanceMetrics:
         result = self._metric.compute()
         self._metric = self._new_metric()
         scores = {f"{kind}_{key}": float(result[f"{kind}_{key}"]) for kind in ("segm", "bbox") for key in SUMMARY_KEYS}
-        classes = result["classes"].reshape(-1).tolist()
-        per_class = result["segm_map_per_class"].reshape(-1).tolist()
-        self.per_class = {self.id2label.get(int(c), str(c)): float(v) for c, v in zip(classes, per_class, strict=True)}
+        self.per_class = per_class_scores(result, "segm_map_per_class", self.id2label)
         scores.update({f"segm_map_{name}": value for name, value in self.per_class.items()})
         return scores
 
