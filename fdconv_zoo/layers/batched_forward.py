@@ -15,7 +15,6 @@ tensor values (no host syncs).
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -187,7 +186,6 @@ def _hermitian_factors(
     return torch.tensor(keep, dtype=dtype, device=device), torch.tensor(mirrored, dtype=dtype, device=device)
 
 
-@functools.cache
 def _adjoint_factors(n2: int, cols: int, gain: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(n2, 2) factors of the weight image's adjoint on the (re, im) pairs of ``rfft(grad)``: ``gain``, twice for
     the columns whose mirror the one-sided spectrum leaves out, and zero for the edges' imaginary parts."""
@@ -202,36 +200,36 @@ class _WeightImage(torch.autograd.Function):
     attentions: ``gain`` times each bin's attention (one gather, one addcmul onto the cached ``zero``), the inverse
     FFT along the rows, the edge columns' imaginary parts zeroed (what the CPU's inverse real FFT ignores, made
     explicit so every backend agrees), the inverse real FFT along the columns. The backward is the adjoint in
-    one product with constant factors (the columns' doubling, the edges and ``gain`` at once): nine kernels
-    where autograd's backward of the forward's ops runs eleven."""
+    one product with constant factors (the columns' doubling, the edges and ``gain`` at once): eight ops where
+    autograd's backward of the forward's ops runs eleven."""
 
     @staticmethod
-    def forward(ctx, pairs, group, index, gain: float, cols: int, zero):  # noqa: ANN001, ANN205
+    def forward(ctx, pairs, group, index, gain: float, cols: int, zero, adjoint):  # noqa: ANN001, ANN205
         per_bin = group.view(group.shape[0], pairs.shape[0], -1)[:, :, index]  # (B, P, rows, n2)
         scaled = torch.addcmul(zero, pairs, per_bin[..., None], value=gain)
         scaled = scaled.squeeze(1) if pairs.shape[0] == 1 else scaled.sum(1)
         halves = torch.view_as_real(torch.fft.ifft(torch.view_as_complex(scaled.contiguous()), dim=-2))
         n2 = halves.shape[-2]
         halves[..., :: max(n2 - 1, 1) if cols % 2 == 0 else n2, 1].zero_()
-        ctx.save_for_backward(pairs, per_bin, index)
-        ctx.gain, ctx.cols, ctx.groups = gain, cols, group.shape[1] // pairs.shape[0]
+        ctx.save_for_backward(pairs, per_bin, index, zero, adjoint)
+        ctx.groups = group.shape[1] // pairs.shape[0]
         return torch.fft.irfft(torch.view_as_complex(halves), n=cols, dim=-1)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        pairs, per_bin, index = ctx.saved_tensors
+        pairs, per_bin, index, zero, adjoint = ctx.saved_tensors
         spectrum = torch.view_as_real(torch.fft.rfft(grad, dim=-1, norm="forward"))
-        factors = _adjoint_factors(spectrum.shape[-2], ctx.cols, ctx.gain, spectrum.dtype, spectrum.device)
-        rows = torch.view_as_real(torch.fft.fft(torch.view_as_complex(spectrum * factors), dim=-2, norm="forward"))
+        rows = torch.view_as_real(torch.fft.fft(torch.view_as_complex(spectrum * adjoint), dim=-2, norm="forward"))
         rows = rows[:, None]  # (B, 1, rows, n2, 2): the gradient of every P
         grad_pairs = grad_group = None
         if ctx.needs_input_grad[0]:
             grad_pairs = (rows * per_bin[..., None]).sum(0)
         if ctx.needs_input_grad[1]:
             grad_bins = (rows * pairs).sum(-1).flatten(2)  # (B, P, bins)
-            grad_group = grad_bins.new_zeros(*grad_bins.shape[:2], ctx.groups)
-            grad_group = grad_group.index_add_(2, index.flatten(), grad_bins).flatten(1)
-        return grad_pairs, grad_group, None, None, None, None
+            # Onto the cached zero, broadcast: one op where new_zeros and an in-place index_add_ are two.
+            grad_group = zero.expand(*grad_bins.shape[:2], ctx.groups).index_add(2, index.flatten(), grad_bins)
+            grad_group = grad_group.flatten(1)
+        return grad_pairs, grad_group, None, None, None, None, None
 
 
 def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: ExecutionPlan) -> torch.Tensor:
@@ -244,8 +242,11 @@ def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: 
     cols = layer.weight_image_shape[1]
     pairs = dft.to(dtype)  # (P, rows, n2, 2) real and imaginary parts: real products, no complex kernels
     if group is not None and not plan.fused_elementwise:
-        zero = constant(layer, "zero", (dtype, dft.device), lambda: pairs.new_zeros(()), plan.reuse_constants)
-        return _WeightImage.apply(pairs, group.to(dtype), layer.frequency_group, gain, cols, zero)
+        reuse = plan.reuse_constants
+        zero = constant(layer, "zero", (dtype, dft.device), lambda: pairs.new_zeros(()), reuse)
+        key = (pairs.shape[-2], cols, gain, dtype, dft.device)
+        adjoint = constant(layer, "adjoint", key, lambda: _adjoint_factors(*key), reuse)
+        return _WeightImage.apply(pairs, group.to(dtype), layer.frequency_group, gain, cols, zero, adjoint)
     if group is None:
         pairs = pairs.sum(0, keepdim=True)
     else:
