@@ -12,16 +12,15 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ...errors import MissingExtraError
 from ..coco_data import load_coco_dataset
 from ..coco_report import coco_report
 from ..trainer_flow import Report, TrainedRun, TrainingPlan, TrainingSetup, run_finetune
+from .extra import require_detection_extra
 from .inputs import DetectionInputs, collate, image_processor, round_image_size, train_augmentation
 from .metrics import SUMMARY_KEYS, DetectionMetrics
 from .model import build_detector, freeze_backbone_defaults, load_backbone_source
@@ -75,7 +74,7 @@ def finetune_detection(
     ``output_dir/checkpoints`` each epoch and a re-run resumes; ``output_dir/model`` is only replaced with
     ``overwrite=True``. Under ``torchrun`` every process trains, only the main one writes.
     """
-    _require_detection_extra()
+    require_detection_extra()
     plan = TrainingPlan(Path(output_dir), epochs, batch_size, learning_rate, seed, overwrite)
     prepare = partial(
         _prepare,
@@ -90,16 +89,6 @@ def finetune_detection(
         seed=seed,
     )
     return run_finetune(plan, prepare)
-
-
-def _require_detection_extra(task: str = "object detection") -> None:
-    """Refuse, before anything runs, when the ``detection`` extra (which ``task`` needs) is not installed."""
-    missing = [m for m in ("scipy", "albumentations", "torchmetrics", "faster_coco_eval") if find_spec(m) is None]
-    if missing:
-        raise MissingExtraError(
-            f"{task} needs {', '.join(missing)}: pip install 'fdconv-zoo[detection]' "
-            "(scipy, albumentations, torchmetrics, faster-coco-eval)"
-        )
 
 
 def _prepare(

@@ -20,7 +20,7 @@ import torch
 
 from ..coco_data import load_coco_dataset
 from ..coco_report import coco_report
-from ..detection.finetune import _require_detection_extra
+from ..detection.extra import require_detection_extra
 from ..detection.inputs import round_image_size
 from ..detection.model import freeze_backbone_defaults, load_backbone_source
 from ..trainer_flow import Report, TrainedRun, TrainingPlan, TrainingSetup, run_finetune
@@ -72,7 +72,7 @@ def finetune_instance_segmentation(
     crowd regions are left out of training and ignored by the evaluation, as COCO does. ``model_config``
     overrides ``Mask2FormerConfig`` fields (e.g. ``num_queries``).
     """
-    _require_detection_extra("instance segmentation")
+    require_detection_extra("instance segmentation")
     plan = TrainingPlan(Path(output_dir), epochs, batch_size, learning_rate, seed, overwrite)
     prepare = partial(
         _prepare,

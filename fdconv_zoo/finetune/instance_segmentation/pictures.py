@@ -16,7 +16,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...viz import _check_target, _first_fbm_layer, _matplotlib, _save_png, fbm_maps
+from ...viz.analysis import fbm_maps
+from ...viz.plots import first_fbm_layer
+from ...viz.png import check_png_target, require_matplotlib, save_png
 from .masks import mask_boxes
 
 __all__ = ["plot_instances"]
@@ -36,9 +38,9 @@ def plot_instances(
     """Draw ``model``'s instances on ``image`` (a PIL image) with scores above ``threshold``: masks tinted,
     boxes around them, class and score; beside it, one panel per FBM band with that band's attention map
     (averaged over the channel groups; 1 = unchanged). Writes ``path`` (.png) and returns it."""
-    matplotlib, Figure, _ = _matplotlib()
-    path = _check_target(path, overwrite)
-    name, layer = _first_fbm_layer(model)
+    matplotlib, Figure, _ = require_matplotlib()
+    path = check_png_target(path, overwrite)
+    name, layer = first_fbm_layer(model)
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda module, args, output: captured.append(args[0].detach()))
     was_training = model.training
@@ -84,4 +86,4 @@ def plot_instances(
         fig.colorbar(shown, ax=axes[j + 1], fraction=0.046, pad=0.03)
     for ax in axes:
         ax.set_xticks([]), ax.set_yticks([])
-    return _save_png(fig, path, overwrite, dpi)
+    return save_png(fig, path, overwrite, dpi)
