@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from transformers import AutoImageProcessor, AutoModelForObjectDetection
 from fdconv_zoo import FDConv
 from fdconv_zoo.cli import main
 from fdconv_zoo.finetune.detection import finetune_detection
+from fdconv_zoo.finetune.errors import FinetuneInputError
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +123,23 @@ def test_cli_bad_dataset_and_numbers(tmp_path, checkpoint, capsys):
         with pytest.raises(SystemExit) as exit_info:
             main([*base, "--dataset", str(data), *bad])
         assert exit_info.value.code == 2 and "error: argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("batch_size", 0, "batch_size must be a positive integer, got 0"),
+        ("batch_size", 2.5, "batch_size must be a positive integer, got 2.5"),
+        ("epochs", -1, "epochs must be a positive number, got -1"),
+        ("learning_rate", float("nan"), "learning_rate must be a positive number, got nan"),
+        ("image_size", 0, "image_size must be a positive integer (pixels), got 0"),
+        ("backbone_lr_scale", 0.0, "backbone_lr_scale must be a positive number"),
+        ("frozen_stages", 7, "frozen_stages must be one of -1, 0, 1, 2, 3, 4"),
+    ],
+)
+def test_python_api_refuses_bad_numbers_before_any_work(tmp_path, keyword, value, message):
+    """What the command line's argument types refuse, the Python API refuses too, before reading the data (the
+    dataset path does not even exist) or creating the output folder."""
+    with pytest.raises(FinetuneInputError, match=re.escape(message)):
+        finetune_detection("resnet18_fdconv", tmp_path / "no-data", tmp_path / "out", **{keyword: value})
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
 
 from fdconv_zoo import FDConv
 from fdconv_zoo.cli import main
+from fdconv_zoo.finetune.errors import FinetuneInputError
 from fdconv_zoo.finetune.instance_segmentation import finetune_instance_segmentation
 
 RUN = dict(epochs=20, batch_size=8, learning_rate=2e-3, image_size=64, model_config=TINY_MASK2FORMER)
@@ -105,3 +107,17 @@ def test_cli_bad_options_are_one_line_and_exit_2(tmp_path, checkpoint, capsys):
         assert main([*command, *args]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert message in line, line
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("batch_size", 0, "batch_size must be a positive integer, got 0"),
+        ("image_size", -32, "image_size must be a positive integer (pixels), got -32"),
+        ("frozen_stages", True, "frozen_stages must be one of -1, 0, 1, 2, 3, 4"),
+    ],
+)
+def test_python_api_refuses_bad_numbers_before_any_work(tmp_path, keyword, value, message):
+    with pytest.raises(FinetuneInputError, match=re.escape(message)):
+        finetune_instance_segmentation("resnet18_fdconv", tmp_path / "no-data", tmp_path / "out", **{keyword: value})
+    assert not (tmp_path / "out").exists()

@@ -21,9 +21,10 @@ from ..coco_data import load_coco_dataset
 from ..coco_report import coco_report
 from ..trainer_flow import Report, TrainedRun, TrainingPlan, TrainingSetup, run_finetune
 from .extra import require_detection_extra
-from .inputs import DetectionInputs, collate, image_processor, round_image_size, train_augmentation
+from .inputs import DetectionInputs, collate, image_processor, train_augmentation
 from .metrics import SUMMARY_KEYS, DetectionMetrics
 from .model import build_detector, freeze_backbone_defaults, load_backbone_source
+from .options import checked_backbone_options
 from .trainer import detection_trainer
 
 __all__ = ["DetectionFinetuneResult", "finetune_detection"]
@@ -75,6 +76,7 @@ def finetune_detection(
     ``overwrite=True``. Under ``torchrun`` every process trains, only the main one writes.
     """
     require_detection_extra()
+    size = checked_backbone_options(image_size, backbone_lr_scale, frozen_stages)
     plan = TrainingPlan(Path(output_dir), epochs, batch_size, learning_rate, seed, overwrite)
     prepare = partial(
         _prepare,
@@ -82,7 +84,7 @@ def finetune_detection(
         str(dataset),
         detector=detector,
         backbone_lr_scale=backbone_lr_scale,
-        image_size=round_image_size(image_size),
+        image_size=size,
         frozen_stages=frozen_stages,
         id2label=id2label,
         detector_config=dict(detector_config or {}),
