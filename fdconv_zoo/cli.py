@@ -21,7 +21,7 @@ from typing import NoReturn
 import torch
 import torch.nn as nn
 
-from .cli_types import add_keyword_arguments, positive_float, positive_int, text_or_json_file
+from .cli_types import SKIP_BAD_IMAGES_HELP, add_keyword_arguments, positive_float, positive_int, text_or_json_file
 from .errors import InputError
 from .layers import FDConv
 from .output_paths import check_writable
@@ -33,7 +33,6 @@ _logger = logging.getLogger("fdconv_zoo")
 
 DEBUG_ENV = "FDCONV_ZOO_DEBUG"  # set to 1: input errors show their traceback as well
 _DEBUG_HELP = f"on an input error, show its traceback too (or set {DEBUG_ENV}=1)"
-_SKIP_BAD_IMAGES_HELP = "train without the images that cannot be read (logged with a count) instead of stopping"
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -274,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_keyword_arguments(finetune, "--model-arg", "extra timm.create_model keyword")
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
-    finetune.add_argument("--skip-bad-images", action="store_true", help=_SKIP_BAD_IMAGES_HELP)
+    finetune.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES_HELP)
     finetune.set_defaults(func=_finetune)
     seg = sub.add_parser(
         "finetune-segmentation",
@@ -313,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
-    seg.add_argument("--skip-bad-images", action="store_true", help=_SKIP_BAD_IMAGES_HELP)
+    seg.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES_HELP)
     seg.set_defaults(func=_finetune_segmentation)
     from .finetune.detection.cli import add_finetune_detection_parser
 

@@ -9,7 +9,16 @@ from typing import Any
 
 from .errors import MissingInputError
 
-__all__ = ["add_keyword_arguments", "keyword_argument", "positive_float", "positive_int", "text_or_json_file"]
+__all__ = [
+    "SKIP_BAD_IMAGES_HELP",
+    "add_keyword_arguments",
+    "keyword_argument",
+    "positive_float",
+    "positive_int",
+    "text_or_json_file",
+]
+
+SKIP_BAD_IMAGES_HELP = "train without the images that cannot be read (logged with a count) instead of stopping"
 
 
 def positive_int(text: str) -> int:

@@ -157,3 +157,41 @@ def test_empty_split_and_missing_folders_are_refused(tmp_path):
         load_coco_dataset(coco)
     with pytest.raises(FinetuneInputError, match=r"needs train/ and val/ \(or valid/\) sub-folders"):
         load_coco_dataset(coco / "train")
+
+
+def test_unreadable_and_missing_images_are_refused_or_skipped_with_their_objects(tmp_path, caplog):
+    coco = write_coco_folder(tmp_path, n_train=5, n_val=2)
+    source = json.loads((coco / "train" / "_annotations.coco.json").read_text())
+    objects_of = {i: sum(a["image_id"] == i for a in source["annotations"]) for i in (2, 5)}  # imgN has id N+1
+    (coco / "train" / "img2.png").write_bytes(b"not a png")
+    with pytest.raises(
+        FinetuneInputError,
+        match=r"img2.png .* is not a readable image: replace or remove it, or pass "
+        r"--skip-bad-images \(skip_bad_images=True\)",
+    ):
+        load_coco_dataset(coco)
+    (coco / "train" / "img3.png").unlink()
+    with caplog.at_level(logging.WARNING):
+        splits = load_coco_dataset(coco, skip_bad_images=True)
+    assert [r.image_id for r in splits.train] == [1, 2, 5]  # ids 3 and 4 left out, the others untouched
+    assert [len(r.objects) for r in splits.train[1:]] == [objects_of[2], objects_of[5]] and objects_of[5] > 0
+    assert len(splits.skipped_images) == 2 and "skipped 2 images that cannot be read" in caplog.text
+
+
+def test_unreadable_image_in_a_dataset_names_its_row(tmp_path):
+    from datasets import Dataset, DatasetDict, Features, Image, List, Value
+
+    rows = {"image": [], "objects": []}
+    for i in range(3):
+        rows["image"].append(Image().encode_example(np.full((32, 40, 3), 50 * i, dtype=np.uint8)))
+        rows["objects"].append({"bbox": [[2.0, 2.0, 10.0, 10.0]], "category": [0]})
+    rows["image"][1] = {"bytes": b"\x89PNG broken", "path": None}
+    features = Features(
+        {"image": Image(), "objects": {"bbox": List(List(Value("float32"))), "category": List(Value("int64"))}}
+    )
+    data = Dataset.from_dict(rows, features=features)
+    DatasetDict(train=data, test=data.select([0])).save_to_disk(tmp_path / "d")
+    with pytest.raises(FinetuneInputError, match=r"split 'train', row 1 .* is not a readable image: repair or drop"):
+        load_coco_dataset(tmp_path / "d", id2label={0: "box"})
+    splits = load_coco_dataset(tmp_path / "d", id2label={0: "box"}, skip_bad_images=True)
+    assert [r.image_id for r in splits.train] == [0, 2] and splits.train[1].open().size == (40, 32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli_types import add_keyword_arguments, positive_float, positive_int, text_or_json_file
+from ..cli_types import SKIP_BAD_IMAGES_HELP, add_keyword_arguments, positive_float, positive_int, text_or_json_file
 from .errors import FinetuneInputError
 
 __all__ = ["add_coco_finetune_arguments", "id2label_argument"]
@@ -39,6 +39,7 @@ def add_coco_finetune_arguments(
         "--id2label", help='class names of a dataset without them: a JSON file or object {"0": "coverall", ...}'
     )
     add_keyword_arguments(parser, config_option, config_help)
+    parser.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES_HELP)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/model")
 

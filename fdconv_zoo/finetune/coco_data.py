@@ -21,8 +21,9 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,22 +78,34 @@ class CocoSplits:
     id2label: dict[int, str]
     category_ids: dict[int, Any]  # label -> the source's category id (COCO ids are 1-90 with gaps)
     dropped: Counter = field(default_factory=Counter)
+    skipped_images: list[str] = field(default_factory=list)  # images left out with skip_bad_images, and why
 
 
 def load_coco_dataset(
-    name_or_path: str | Path, *, id2label: Mapping[int, str] | None = None, masks: bool = False
+    name_or_path: str | Path,
+    *,
+    id2label: Mapping[int, str] | None = None,
+    masks: bool = False,
+    skip_bad_images: bool = False,
 ) -> CocoSplits:
     """Read and check a COCO folder or a ``datasets`` dataset (see the module docstring); errors name the fix.
 
     ``id2label`` names a ``datasets`` dataset's categories when its ``category`` feature has no names
     (its keys are the category values, any integers). ``masks=True`` requires a valid ``segmentation`` on
-    every object and stores it as a compressed RLE (see :func:`segmentation_rle`).
+    every object and stores it as a compressed RLE (see :func:`segmentation_rle`). A missing or unreadable image
+    (its header is read here, its pixels when training reads it) is refused, naming its file, unless
+    ``skip_bad_images``: then it is left out with its objects, and logged with a count.
     """
     path = Path(name_or_path)
+    bad = _BadImages(skip_bad_images)
     if path.is_dir() and not is_saved_dataset(path):
-        splits = _load_coco_folder(path, masks)
+        splits = _load_coco_folder(path, masks, bad)
     else:
-        splits = _load_datasets_layout(str(name_or_path), path, id2label, masks)
+        splits = _load_datasets_layout(str(name_or_path), path, id2label, masks, bad)
+    splits.skipped_images = bad.skipped
+    if bad.skipped:
+        shown = "; ".join(bad.skipped[:3]) + ("; ..." if len(bad.skipped) > 3 else "")
+        _logger.warning("skipped %d images that cannot be read, with their objects: %s", len(bad.skipped), shown)
     for name, images in (("train", splits.train), ("evaluation", splits.test)):
         if not images:
             raise FinetuneInputError(f"the {name} split of {name_or_path} holds no images: add images to it")
@@ -115,7 +128,31 @@ def load_coco_dataset(
 # --- a folder of COCO json files ------------------------------------------------------------------------
 
 
-def _load_coco_folder(root: Path, masks: bool) -> CocoSplits:
+class _BadImages:
+    """What to do with an image that cannot be read: refuse it (naming the fix), or with ``skip`` note it."""
+
+    def __init__(self, skip: bool) -> None:
+        self.skip, self.skipped = skip, []
+
+    def size(self, open_image: Callable[[], Any], where: str, fix: str) -> tuple[int, int] | None:
+        """The image's (width, height) from its header; ``None`` when it is skipped."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with open_image() as image:
+                return image.size
+        except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+            reason = f"{where} ({error})"
+        if not self.skip:
+            raise FinetuneInputError(
+                f"{reason} is not a readable image: {fix}, or pass --skip-bad-images (skip_bad_images=True) "
+                "to train without it"
+            )
+        self.skipped.append(reason)
+        return None
+
+
+def _load_coco_folder(root: Path, masks: bool, bad: _BadImages) -> CocoSplits:
     train_dir = root / "train"
     eval_dir = next((root / name for name in _EVAL_FOLDERS if (root / name).is_dir()), None)
     if not train_dir.is_dir() or eval_dir is None:
@@ -129,8 +166,8 @@ def _load_coco_folder(root: Path, masks: bool) -> CocoSplits:
     id2label = {label: str(c.get("name", c["id"])) for c, label in zip(categories, category_ids.values(), strict=True)}
     label_of = {source: label for label, source in enumerate(category_ids)}
     dropped: Counter = Counter()
-    train = _read_coco_split(train_json, label_of, dropped, masks)
-    test = _read_coco_split(_coco_json(eval_dir), label_of, dropped, masks)
+    train = _read_coco_split(train_json, label_of, dropped, masks, bad)
+    test = _read_coco_split(_coco_json(eval_dir), label_of, dropped, masks, bad)
     return CocoSplits(train, test, id2label, {label: source for source, label in label_of.items()}, dropped)
 
 
@@ -164,19 +201,26 @@ def _category_ids(categories: Sequence[Mapping[str, Any]], file: Path) -> dict[A
     return {source: label for label, source in enumerate(sorted(ids))}
 
 
-def _read_coco_split(file: Path, label_of: Mapping[Any, int], dropped: Counter, masks: bool) -> list[CocoImage]:
+def _read_coco_split(
+    file: Path, label_of: Mapping[Any, int], dropped: Counter, masks: bool, bad: _BadImages
+) -> list[CocoImage]:
+    from PIL import Image
+
     data = _read_json(file)
     known = {c.get("id") for c in data.get("categories") or []} | set(label_of)
     objects: dict[Any, list[CocoObject]] = {entry.get("id"): [] for entry in data["images"]}
     sizes = {}
     for entry in data["images"]:
         image_path = file.parent / str(entry.get("file_name", ""))
-        if not image_path.is_file():
+        if not image_path.is_file() and not bad.skip:
             raise FinetuneInputError(
                 f"{file}: image {entry.get('file_name')!r} (id {entry.get('id')}) is missing at {image_path}: "
-                "put the image there or remove its entry from the json"
+                "put the image there or remove its entry from the json, or pass --skip-bad-images "
+                "(skip_bad_images=True) to train without it"
             )
-        sizes[entry.get("id")] = _image_size(image_path)
+        size = bad.size(partial(Image.open, image_path), str(image_path), "replace or remove it")
+        if size is not None:
+            sizes[entry.get("id")] = size
     for annotation in data.get("annotations") or []:
         image_id = annotation.get("image_id")
         where = f"{file}: annotation {annotation.get('id')}"
@@ -190,6 +234,8 @@ def _read_coco_split(file: Path, label_of: Mapping[Any, int], dropped: Counter, 
             raise FinetuneInputError(
                 f"{where} has category_id {category!r}, {listed}: add it to the train json's categories or fix the id"
             )
+        if image_id not in sizes:  # a skipped image's object
+            continue
         if annotation.get("iscrowd") and not masks:
             dropped["crowd"] += 1
             continue
@@ -201,18 +247,8 @@ def _read_coco_split(file: Path, label_of: Mapping[Any, int], dropped: Counter, 
             int(i) if isinstance(i, int) else n, file.parent / str(e.get("file_name")), *sizes[i], tuple(objects[i])
         )
         for n, (i, e) in enumerate((e.get("id"), e) for e in data["images"])
+        if i in sizes
     ]
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, UnidentifiedImageError) as error:
-        raise FinetuneInputError(f"{path} is not a readable image ({error}): replace or remove it") from None
 
 
 def _clean_object(
@@ -292,7 +328,9 @@ def segmentation_rle(segmentation: Any, size: tuple[int, int], where: str) -> di
 # --- a datasets dataset in the cppe-5 layout ------------------------------------------------------------
 
 
-def _load_datasets_layout(name: str, path: Path, id2label: Mapping[int, str] | None, masks: bool) -> CocoSplits:
+def _load_datasets_layout(
+    name: str, path: Path, id2label: Mapping[int, str] | None, masks: bool, bad: _BadImages
+) -> CocoSplits:
     from datasets import Image
 
     if is_saved_dataset(path):
@@ -320,7 +358,7 @@ def _load_datasets_layout(name: str, path: Path, id2label: Mapping[int, str] | N
     splits = []
     for split in ("train", eval_split):
         table = data[split].cast_column("image", Image(decode=False))
-        splits.append(_read_rows(table, label_of, dropped, f"dataset {name!r}, split {split!r}", masks))
+        splits.append(_read_rows(table, label_of, dropped, f"dataset {name!r}, split {split!r}", masks, bad))
     id2label_out = {label: str(names[source]) for source, label in label_of.items()}
     return CocoSplits(splits[0], splits[1], id2label_out, {v: k for k, v in label_of.items()}, dropped)
 
@@ -341,10 +379,14 @@ def _category_names(feature: Any, id2label: Mapping[int, str] | None, name: str)
     )
 
 
-def _read_rows(table: Any, label_of: Mapping[int, int], dropped: Counter, where: str, masks: bool) -> list[CocoImage]:
+def _read_rows(
+    table: Any, label_of: Mapping[int, int], dropped: Counter, where: str, masks: bool, bad: _BadImages
+) -> list[CocoImage]:
     images = []
     for row_index, row in enumerate(table):
-        size = _decode(row["image"]).size
+        size = bad.size(partial(_decode, row["image"]), f"{where}, row {row_index}", "repair or drop that row")
+        if size is None:
+            continue
         objects = row["objects"]
         if isinstance(objects, Mapping):  # a struct of lists
             objects = [dict(zip(objects, values, strict=True)) for values in zip(*objects.values(), strict=True)]

@@ -51,6 +51,7 @@ def _finetune_detection(args: argparse.Namespace) -> int:
         id2label=id2label_argument(args.id2label),
         detector_config=dict(args.detector_arg),
         seed=args.seed,
+        skip_bad_images=args.skip_bad_images,
         overwrite=args.overwrite,
     )
     _logger.info("mAP %.4f, mAP@50 %.4f; saved to %s", result.metrics["map"], result.metrics["map_50"], result.saved_to)

@@ -61,6 +61,7 @@ def finetune_detection(
     detector_config: Mapping[str, Any] | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    skip_bad_images: bool = False,
 ) -> DetectionFinetuneResult:
     """Fine-tune ``detector`` on the timm backbone ``model_name`` with ``dataset``; save to ``output_dir/model``.
 
@@ -73,7 +74,9 @@ def finetune_detection(
     a multiple of 32. A backbone without pretrained weights trains from scratch: nothing frozen, batch norms
     training. ``detector_config`` overrides config fields (e.g. ``num_queries``). Checkpoints go to
     ``output_dir/checkpoints`` each epoch and a re-run resumes; ``output_dir/model`` is only replaced with
-    ``overwrite=True``. Under ``torchrun`` every process trains, only the main one writes.
+    ``overwrite=True``. A missing or unreadable image stops the run before training, naming its file, or with
+    ``skip_bad_images`` is left out with its objects (logged). Under ``torchrun`` every process trains, only the
+    main one writes.
     """
     require_detection_extra()
     size = checked_backbone_options(image_size, backbone_lr_scale, frozen_stages)
@@ -89,6 +92,7 @@ def finetune_detection(
         id2label=id2label,
         detector_config=dict(detector_config or {}),
         seed=seed,
+        skip_bad_images=skip_bad_images,
     )
     return run_finetune(plan, prepare)
 
@@ -104,8 +108,9 @@ def _prepare(
     id2label: Mapping[int, str] | None,
     detector_config: dict[str, Any],
     seed: int,
+    skip_bad_images: bool,
 ) -> TrainingSetup[DetectionFinetuneResult]:
-    data = load_coco_dataset(dataset, id2label=id2label)
+    data = load_coco_dataset(dataset, id2label=id2label, skip_bad_images=skip_bad_images)
     source = load_backbone_source(model_name)
     pretrained = source.state_dict is not None
     if not pretrained:  # mmdet's from-scratch setting: nothing frozen, batch norms train

@@ -52,6 +52,7 @@ def _finetune_instance_segmentation(args: argparse.Namespace) -> int:
         id2label=id2label_argument(args.id2label),
         model_config=dict(args.model_arg),
         seed=args.seed,
+        skip_bad_images=args.skip_bad_images,
         overwrite=args.overwrite,
     )
     _logger.info(

@@ -63,10 +63,11 @@ def finetune_instance_segmentation(
     model_config: Mapping[str, Any] | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    skip_bad_images: bool = False,
 ) -> InstanceSegmentationFinetuneResult:
     """Fine-tune Mask2Former on the backbone ``model_name`` with ``dataset``; save to ``output_dir/model``.
 
-    ``model_name`` and the freezing, learning-rate and output conventions are those of
+    ``model_name`` and the freezing, learning-rate, output and ``skip_bad_images`` conventions are those of
     :func:`~fdconv_zoo.finetune.detection.finetune_detection`. ``dataset``: a COCO folder (``train/`` +
     ``val/``) or a cppe-5-layout ``datasets`` dataset, every object with a ``segmentation`` (polygons or RLE);
     crowd regions are left out of training and ignored by the evaluation, as COCO does. ``model_config``
@@ -85,6 +86,7 @@ def finetune_instance_segmentation(
         id2label=id2label,
         model_config=dict(model_config or {}),
         seed=seed,
+        skip_bad_images=skip_bad_images,
     )
     return run_finetune(plan, prepare)
 
@@ -99,8 +101,9 @@ def _prepare(
     id2label: Mapping[int, str] | None,
     model_config: dict[str, Any],
     seed: int,
+    skip_bad_images: bool,
 ) -> TrainingSetup[InstanceSegmentationFinetuneResult]:
-    data = load_coco_dataset(dataset, id2label=id2label, masks=True)
+    data = load_coco_dataset(dataset, id2label=id2label, masks=True, skip_bad_images=skip_bad_images)
     source = load_backbone_source(model_name, feature_maps=FEATURE_MAPS)
     pretrained = source.state_dict is not None
     if not pretrained:
