@@ -18,6 +18,7 @@ from fdconv_zoo import FDConv
 from fdconv_zoo.layers import ConvMethod, ExecutionPlan, execution, plan_execution
 from fdconv_zoo.layers.band_split import _cached_band_matrices
 from fdconv_zoo.layers.tap_sum_conv import tap_sum_conv
+from fdconv_zoo.layers.windowed_conv import windowed_conv
 
 CASES = [
     dict(in_channels=32, out_channels=48, kernel_size=3, padding=1, bias=True),
@@ -127,14 +128,16 @@ def test_plan_follows_grad_mode_and_input():
         ((7, 6), 1, (3, 5), 3),
     ],
 )
-def test_tap_sum_conv_equals_the_convolution(spatial, groups, kernel, out_channels):
+@pytest.mark.parametrize("same_conv", [tap_sum_conv, windowed_conv])
+def test_same_convolutions_to_few_maps_equal_the_convolution(spatial, groups, kernel, out_channels, same_conv):
+    """The CPU's tap sums and the compiled graphs' windowed products, against the library convolution."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, *spatial, dtype=torch.float64, generator=gen, requires_grad=True)
     weight = torch.randn(out_channels, 8 // groups, *kernel, dtype=torch.float64, generator=gen, requires_grad=True)
     bias = torch.randn(out_channels, dtype=torch.float64, generator=gen, requires_grad=True)
     conv = (F.conv1d, F.conv2d, F.conv3d)[len(spatial) - 1]
     expected = conv(x, weight, bias, padding=tuple(k // 2 for k in kernel), groups=groups)
-    y = tap_sum_conv(x, weight, bias, groups)
+    y = same_conv(x, weight, bias, groups)
     assert relative_error(y, expected) < 1e-13
     for got, ref in zip(
         torch.autograd.grad(y.square().sum(), (x, weight, bias)),
@@ -142,7 +145,7 @@ def test_tap_sum_conv_equals_the_convolution(spatial, groups, kernel, out_channe
     ):
         assert relative_error(got, ref) < 1e-12
     with pytest.raises(ValueError, match="odd kernel"):
-        tap_sum_conv(x, weight[..., :2], bias, groups)
+        same_conv(x, weight[..., :2], bias, groups)
 
 
 def test_band_attentions_by_tap_sums_in_eager_cpu_inference_only(monkeypatch):

@@ -21,6 +21,7 @@ from .constant_cache import constant, parameter_key
 from .conv_geometry import CONV_CLASSES, conv_nd
 from .execution import float32_region
 from .tap_sum_conv import tap_sum_conv
+from .windowed_conv import windowed_conv
 
 __all__ = ["FrequencyBandModulation"]
 
@@ -217,11 +218,8 @@ class FrequencyBandModulation(nn.Module):
         """Each band's attention map, (B, G, *spatial), from its own convolution (compiled graphs): no stacked
         weights made per call, and the sigmoids fuse into the kernel that weights the bands; an unattended
         lowest band gets the sigmoid of a zero logit, 1/2."""
-        g = self.spatial_group
-        logits = [
-            conv_nd(x, c.weight.to(x.dtype), c, groups=g, bias=c.bias.to(x.dtype)).to(dtype)
-            for c in self.freq_weight_conv_list
-        ]
+        xf, g = x.to(dtype), self.spatial_group
+        logits = [windowed_conv(xf, c.weight.to(dtype), c.bias.to(dtype), groups=g) for c in self.freq_weight_conv_list]
         maps: list[torch.Tensor | float] = [torch.sigmoid(z * 2 if self.act == "tanh" else z) for z in logits]
         return maps if self.lowfreq_att else [*maps, 0.5]
 
