@@ -309,6 +309,8 @@ def _modulated_weight(
             taps = outer_product(att.channel, att.spatial).view(b, 1, cin, k, c)
         else:
             taps = taps * channel
+    if plan.fused_elementwise:  # made in the channels-last order (Cin last) in which compilers convolve
+        weight, taps = weight.permute(0, 1, 3, 4, 2), None if taps is None else taps.permute(0, 1, 3, 4, 2)
     # The tap factor goes first: its (Cin, k1, c) strides make the product's memory layout the convolution's.
     weight = taps * weight if taps is not None else weight.contiguous()
     if att.filter is not None and filter_on_weight:
@@ -317,6 +319,7 @@ def _modulated_weight(
         else:
             factor = att.filter.view(b, cout, 1, 1, 1)
             weight = weight.mul_(factor) if plan.in_place and weight.shape[0] == b else weight * factor
+    weight = weight.contiguous().permute(0, 1, 4, 2, 3) if plan.fused_elementwise else weight  # logical order again
     return weight.expand(b, -1, -1, -1, -1)
 
 
