@@ -215,12 +215,18 @@ class FrequencyBandModulation(nn.Module):
         return (weight * 2, bias * 2) if self.act == "tanh" else (weight, bias)
 
     def _compiled_attentions(self, x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor | float]:
-        """Each band's attention map, (B, G, *spatial), from its own convolution (compiled graphs): no stacked
-        weights made per call, and the sigmoids fuse into the kernel that weights the bands; an unattended
-        lowest band gets the sigmoid of a zero logit, 1/2."""
-        xf, g = x.to(dtype), self.spatial_group
-        logits = [windowed_conv(xf, c.weight.to(dtype), c.bias.to(dtype), groups=g) for c in self.freq_weight_conv_list]
-        maps: list[torch.Tensor | float] = [torch.sigmoid(z * 2 if self.act == "tanh" else z) for z in logits]
+        """Each band's attention map, (B, G, *spatial), for compiled graphs: one windowed convolution
+        (:mod:`.windowed_conv`, a reduction kernel) for all bands, its weights stacked by selecting with a band
+        index, which the compiler reads in place (``cat`` would copy each band's weights per call), one sigmoid
+        for all maps; an unattended lowest band gets the sigmoid of a zero logit, 1/2."""
+        xf, g, convs = x.to(dtype), self.spatial_group, list(self.freq_weight_conv_list)
+        n = len(convs)
+        band = torch.arange(n, device=x.device)  # stacked by selection, not cat: no copy per band in the graph
+        picked = band.view(1, n, *(1,) * (convs[0].weight.dim() - 1))
+        weight = sum(torch.where(picked == j, c.weight.to(dtype)[:, None], 0.0) for j, c in enumerate(convs))
+        bias = sum(torch.where(band == j, c.bias.to(dtype)[:, None], 0.0) for j, c in enumerate(convs))
+        logits = windowed_conv(xf, weight.flatten(0, 1), bias.flatten(), groups=g).unflatten(1, (g, n))
+        maps: list[torch.Tensor | float] = list(torch.sigmoid(logits * 2 if self.act == "tanh" else logits).unbind(2))
         return maps if self.lowfreq_att else [*maps, 0.5]
 
     def _stacked_tanh_conv(self) -> tuple[torch.Tensor, torch.Tensor]:
