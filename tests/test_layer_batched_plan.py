@@ -177,6 +177,7 @@ def test_cuda_plan_runs_a_bounded_number_of_ops_and_no_host_syncs(kwargs, eval_b
         counter = _count(layer, x.clone(), train)
         assert not counter.syncs, counter.syncs
         assert sum(counter.ops.values()) <= bound, counter.ops
+        assert not counter.ops["clone"], counter.ops  # every gradient is made in the layout its tensor has
 
 
 def test_autocast_keeps_ffts_and_attentions_in_float32():

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .attention_products import outer_product, scale_rows
+from .attention_products import layout_keeping_product, outer_product, scale_rows
 from .constant_cache import constant, parameter_key
 from .execution import ExecutionPlan, float32_region
 from .per_sample_conv import feature_view, per_sample_conv
@@ -276,28 +276,22 @@ def _modulated_weight(
     k, c = layer.kernel_size[0], math.prod(layer.kernel_size[1:])
     cout, cin = layer.out_channels, layer.in_channels
     local = getattr(layer, "KSM_Local", None)
+    (channel_on_weight, filter_on_weight), backward_products = on_weight, _backward_products(plan)
     image = _weight_image(layer, att.group, _gain(layer, att, local is not None), plan)
     image = image.view(-1, cout, k, cin, c).permute(0, 1, 3, 2, 4)  # logical (B, Cout, Cin, k1, c)
     weight = image
     if local is not None:
-        z = F.layer_norm(
-            pooled.to(local.conv.weight.dtype),
-            local.norm.normalized_shape,
-            local.norm.weight,
-            local.norm.bias,
-            local.norm.eps,
-        )
-        conv = local.conv
+        conv, norm = local.conv, local.norm
+        z = F.layer_norm(pooled.to(conv.weight.dtype), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         taps = _local_weight(local, layer.ksm_local_act)
         if plan.fused_elementwise:  # the taps' sums, fused by the compiler into the kernel that uses them
             windows = F.pad(z, (conv.padding[0], conv.padding[0])).unfold(1, taps.shape[-1], 1)  # (B, Cin, taps)
             logits = (windows[:, None] * taps.view(1, -1, 1, taps.shape[-1])).sum(-1)
         else:
             logits = F.conv1d(z[:, None], taps, None, 1, conv.padding)
-        sig = logits.sigmoid_() if plan.in_place else torch.sigmoid(logits)
-        weight = sig.view(b, cout, k, c, cin).permute(0, 1, 4, 2, 3) * image
-    channel_on_weight, filter_on_weight = on_weight
-    backward_products = _backward_products(plan)
+        sig = (logits.sigmoid_() if plan.in_place else torch.sigmoid(logits)).view(b, cout, k, c, cin)
+        sig = sig.permute(0, 1, 4, 2, 3)  # its gradient in its own layout, not the weight's, needs no copy back
+        weight = layout_keeping_product(sig, image) if backward_products and image.shape[0] == b else sig * image
     taps = None
     if att.spatial is not None:
         taps = att.spatial.view(b, 1, 1, k, c)
