@@ -290,8 +290,9 @@ def _modulated_weight(
         else:
             logits = F.conv1d(z[:, None], taps, None, 1, conv.padding)
         sig = (logits.sigmoid_() if plan.in_place else torch.sigmoid(logits)).view(b, cout, k, c, cin)
-        sig = sig.permute(0, 1, 4, 2, 3)  # its gradient in its own layout, not the weight's, needs no copy back
-        weight = layout_keeping_product(sig, image) if backward_products and image.shape[0] == b else sig * image
+        sig = sig.permute(0, 1, 4, 2, 3)
+        own_layouts = backward_products and image.shape == sig.shape and c > 1  # else one layout: autograd's
+        weight = layout_keeping_product(sig, image) if own_layouts else sig * image  # no gradient copied back
     taps = None
     if att.spatial is not None:
         taps = att.spatial.view(b, 1, 1, k, c)
