@@ -2,31 +2,18 @@
 
 FBM's band attentions are 3x3 convolutions of the input to one map per group. As convolutions, a compiled
 graph runs each as an extern call after copying its weight (and its input) into the layout the convolution
-library wants. Written as products of shifted windows of the input with each tap's weights, summed over the
-taps and the input channels, the compiler makes one reduction kernel of it (bias and sigmoid fused in) and
-reads the input in place. In eager mode it would run one op per tap: only compiled graphs use it.
+library wants. Written as the product of the input's windows (``unfold`` views of the zero-padded input) with
+the weights, summed over the taps and the input channels, the compiler makes one reduction kernel of it that
+reads the input in place. Eager mode would materialise that product, kernel-size times the input: only
+compiled graphs use it.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["windowed_conv"]
-
-
-def _window(x: torch.Tensor, offsets: tuple[int, ...], kernel: tuple[int, ...]) -> torch.Tensor:
-    """``x`` shifted by ``offsets - kernel // 2`` along its trailing dims, zero-filled: the input under one tap of
-    a 'same' convolution. Each window pads its own slice, so no padded copy of ``x`` is made."""
-    slices, pads = [], []
-    for u, k, n in zip(offsets, kernel, x.shape[-len(kernel) :]):
-        shift = u - k // 2
-        slices.append(slice(max(0, shift), n + min(0, shift)))
-        pads.append((max(0, -shift), max(0, shift)))
-    window = x[(..., *slices)]
-    return F.pad(window, [p for pair in reversed(pads) for p in pair]) if any(any(p) for p in pads) else window
 
 
 def windowed_conv(
@@ -38,13 +25,12 @@ def windowed_conv(
         raise ValueError(f"windowed_conv needs an odd kernel (a 'same' output), got {kernel}")
     cout, cin_g = weight.shape[:2]
     b, spatial, per_group = x.shape[0], x.shape[2:], cout // groups
-    grouped = x.view(b, groups, 1, cin_g, *spatial)
-    taps = weight.view(groups, per_group, cin_g, -1)
-    total = None
-    for t, offsets in enumerate(itertools.product(*(range(k) for k in kernel))):
-        term = _window(grouped, offsets, kernel) * taps[..., t].view(1, groups, per_group, cin_g, *(1,) * len(kernel))
-        total = term if total is None else total + term
-    out = total.sum(3)
+    windows = F.pad(x, [p for k in reversed(kernel) for p in (k // 2, k // 2)])
+    for dim, k in enumerate(kernel):  # (B, Cin, *spatial, *kernel): views of the padded input
+        windows = windows.unfold(2 + dim, k, 1)
+    windows = windows.unflatten(1, (groups, 1, cin_g))
+    taps = weight.view(groups, per_group, cin_g, *(1,) * len(kernel), *kernel)
+    out = (windows * taps).sum((3, *range(-len(kernel), 0)))  # over the group's channels and the taps
     if bias is not None:
         out = out + bias.view(1, groups, per_group, *(1,) * len(kernel))
     return out.view(b, cout, *spatial)
