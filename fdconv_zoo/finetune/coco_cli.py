@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..cli_types import SKIP_BAD_IMAGES_HELP, add_keyword_arguments, positive_float, positive_int, text_or_json_file
+from .coco_options import FROZEN_STAGES
 from .errors import FinetuneInputError
 
 __all__ = ["add_coco_finetune_arguments", "id2label_argument"]
@@ -32,7 +33,7 @@ def add_coco_finetune_arguments(
         "--frozen-stages",
         type=int,
         default=1,
-        choices=[-1, 0, 1, 2, 3, 4],
+        choices=FROZEN_STAGES,
         help="freeze the stem and this many stages, FDConv attentions excepted (mmdet's frozen_stages; default 1)",
     )
     parser.add_argument(

@@ -8,7 +8,6 @@ collate, metrics, Trainer extras) and, through it, a ``report`` function that tu
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import torch
 
-from .errors import FinetuneInputError
+from .errors import check_positive
 from .outputs import log_metrics_table, refuse_to_overwrite, save_atomically
 
 if TYPE_CHECKING:
@@ -46,12 +45,9 @@ class TrainingPlan:
     def __post_init__(self) -> None:
         """Refuse, before any work, what the Trainer would fail on late or run as nothing (the command line's
         argument types refuse the same)."""
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise FinetuneInputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        for name in ("epochs", "learning_rate"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise FinetuneInputError(f"{name} must be a positive number, got {value!r}")
+        check_positive("batch_size", self.batch_size, integer=True)
+        check_positive("epochs", self.epochs)
+        check_positive("learning_rate", self.learning_rate)
 
 
 @dataclass

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 
 from ..coco_data import load_coco_dataset
+from ..coco_options import check_backbone_options
 from ..coco_report import coco_report
 from ..trainer_flow import Report, TrainedRun, TrainingPlan, TrainingSetup, run_finetune
 from .extra import require_detection_extra
-from .inputs import DetectionInputs, collate, image_processor, train_augmentation
+from .inputs import DetectionInputs, collate, image_processor, round_image_size, train_augmentation
 from .metrics import SUMMARY_KEYS, DetectionMetrics
 from .model import build_detector, freeze_backbone_defaults, load_backbone_source
-from .options import checked_backbone_options
 from .trainer import detection_trainer
 
 __all__ = ["DetectionFinetuneResult", "finetune_detection"]
@@ -79,7 +79,7 @@ def finetune_detection(
     main one writes.
     """
     require_detection_extra()
-    size = checked_backbone_options(image_size, backbone_lr_scale, frozen_stages)
+    check_backbone_options(image_size, backbone_lr_scale, frozen_stages)
     plan = TrainingPlan(Path(output_dir), epochs, batch_size, learning_rate, seed, overwrite)
     prepare = partial(
         _prepare,
@@ -87,7 +87,7 @@ def finetune_detection(
         str(dataset),
         detector=detector,
         backbone_lr_scale=backbone_lr_scale,
-        image_size=size,
+        image_size=round_image_size(image_size),
         frozen_stages=frozen_stages,
         id2label=id2label,
         detector_config=dict(detector_config or {}),

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 
 from ..coco_data import load_coco_dataset
+from ..coco_options import check_backbone_options
 from ..coco_report import coco_report
 from ..detection.extra import require_detection_extra
+from ..detection.inputs import round_image_size
 from ..detection.model import freeze_backbone_defaults, load_backbone_source
-from ..detection.options import checked_backbone_options
 from ..trainer_flow import Report, TrainedRun, TrainingPlan, TrainingSetup, run_finetune
 from .inputs import InstanceInputs, collate, image_processor
 from .metrics import SUMMARY_KEYS, InstanceMetrics
@@ -74,14 +75,14 @@ def finetune_instance_segmentation(
     overrides ``Mask2FormerConfig`` fields (e.g. ``num_queries``).
     """
     require_detection_extra("instance segmentation")
-    size = checked_backbone_options(image_size, backbone_lr_scale, frozen_stages)
+    check_backbone_options(image_size, backbone_lr_scale, frozen_stages)
     plan = TrainingPlan(Path(output_dir), epochs, batch_size, learning_rate, seed, overwrite)
     prepare = partial(
         _prepare,
         model_name,
         str(dataset),
         backbone_lr_scale=backbone_lr_scale,
-        image_size=size,
+        image_size=round_image_size(image_size),
         frozen_stages=frozen_stages,
         id2label=id2label,
         model_config=dict(model_config or {}),
