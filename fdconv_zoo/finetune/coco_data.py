@@ -134,6 +134,14 @@ class _BadImages:
     def __init__(self, skip: bool) -> None:
         self.skip, self.skipped = skip, []
 
+    def refuse_or_skip(self, problem: str, fix: str) -> None:
+        """Raise naming ``problem`` and ``fix`` (and the option), or with ``skip`` note the image as left out."""
+        if not self.skip:
+            raise FinetuneInputError(
+                f"{problem}: {fix}, or pass --skip-bad-images (skip_bad_images=True) to train without it"
+            )
+        self.skipped.append(problem)
+
     def size(self, open_image: Callable[[], Any], where: str, fix: str) -> tuple[int, int] | None:
         """The image's (width, height) from its header; ``None`` when it is skipped."""
         from PIL import Image, UnidentifiedImageError
@@ -142,13 +150,7 @@ class _BadImages:
             with open_image() as image:
                 return image.size
         except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as error:
-            reason = f"{where} ({error})"
-        if not self.skip:
-            raise FinetuneInputError(
-                f"{reason} is not a readable image: {fix}, or pass --skip-bad-images (skip_bad_images=True) "
-                "to train without it"
-            )
-        self.skipped.append(reason)
+            self.refuse_or_skip(f"{where} ({error}) is not a readable image", fix)
         return None
 
 
@@ -212,12 +214,12 @@ def _read_coco_split(
     sizes = {}
     for entry in data["images"]:
         image_path = file.parent / str(entry.get("file_name", ""))
-        if not image_path.is_file() and not bad.skip:
-            raise FinetuneInputError(
-                f"{file}: image {entry.get('file_name')!r} (id {entry.get('id')}) is missing at {image_path}: "
-                "put the image there or remove its entry from the json, or pass --skip-bad-images "
-                "(skip_bad_images=True) to train without it"
+        if not image_path.is_file():
+            where = f"{file}: image {entry.get('file_name')!r} (id {entry.get('id')})"
+            bad.refuse_or_skip(
+                f"{where} is missing at {image_path}", "put the image there or remove its entry from the json"
             )
+            continue
         size = bad.size(partial(Image.open, image_path), str(image_path), "replace or remove it")
         if size is not None:
             sizes[entry.get("id")] = size
