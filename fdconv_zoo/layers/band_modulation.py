@@ -31,6 +31,18 @@ def _zero_block(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> 
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
+def _group_major(tensors: list[torch.Tensor], by_selection: bool = False) -> torch.Tensor:
+    """The bands' convolution weights (or biases), (G, ...) each, as one grouped convolution's: (G * n, ...), each
+    group's bands together. ``by_selection`` builds it with ``torch.where`` on a band index instead of ``stack``:
+    compilers read that in place, where they copy each band's tensor into a stack."""
+    if not by_selection:
+        return torch.stack(tensors, 1).flatten(0, 1)
+    n = len(tensors)
+    band = torch.arange(n, device=tensors[0].device).view(1, n, *(1,) * (tensors[0].dim() - 1))
+    picked = [torch.where(band == j, t[:, None], 0.0) for j, t in enumerate(tensors)]
+    return sum(picked[1:], picked[0]).flatten(0, 1)
+
+
 class _BandModulation(torch.autograd.Function):
     """``sum_j a_j * irfftn(m_j * rfftn(x))`` for (B, C, *spatial) ``x``, (B, n+1, G, *spatial) attentions ``a``
     and real masks ``m``, with a backward that uses the split's symmetry: with a real mask symmetric in
@@ -211,7 +223,7 @@ class FrequencyBandModulation(nn.Module):
                 tensors.append(
                     constant(self, f"zero_{tensors[0].dim()}d", key, lambda key=key: _zero_block(*key), reuse)
                 )
-        weight, bias = torch.stack(weights, 1).flatten(0, 1), torch.stack(biases, 1).flatten()
+        weight, bias = _group_major(weights), _group_major(biases)
         return (weight * 2, bias * 2) if self.act == "tanh" else (weight, bias)
 
     def _compiled_attentions(self, x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor | float]:
@@ -220,12 +232,9 @@ class FrequencyBandModulation(nn.Module):
         index, which the compiler reads in place (``cat`` would copy each band's weights per call), one sigmoid
         for all maps; an unattended lowest band gets the sigmoid of a zero logit, 1/2."""
         xf, g, convs = x.to(dtype), self.spatial_group, list(self.freq_weight_conv_list)
-        n = len(convs)
-        band = torch.arange(n, device=x.device)  # stacked by selection, not cat: no copy per band in the graph
-        picked = band.view(1, n, *(1,) * (convs[0].weight.dim() - 1))
-        weight = sum(torch.where(picked == j, c.weight.to(dtype)[:, None], 0.0) for j, c in enumerate(convs))
-        bias = sum(torch.where(band == j, c.bias.to(dtype)[:, None], 0.0) for j, c in enumerate(convs))
-        logits = windowed_conv(xf, weight.flatten(0, 1), bias.flatten(), groups=g).unflatten(1, (g, n))
+        weight = _group_major([c.weight.to(dtype) for c in convs], by_selection=True)
+        bias = _group_major([c.bias.to(dtype) for c in convs], by_selection=True)
+        logits = windowed_conv(xf, weight, bias, groups=g).unflatten(1, (g, len(convs)))
         maps: list[torch.Tensor | float] = list(torch.sigmoid(logits * 2 if self.act == "tanh" else logits).unbind(2))
         return maps if self.lowfreq_att else [*maps, 0.5]
 
@@ -234,8 +243,7 @@ class FrequencyBandModulation(nn.Module):
         attention minus one: ``2 sigmoid(z) - 1 = tanh(z / 2)``, and for the tanh form ``tanh(z)``."""
         convs = self.freq_weight_conv_list
         scale = 1.0 if self.act == "tanh" else 0.5
-        weight = torch.stack([c.weight for c in convs], 1).flatten(0, 1) * scale
-        return weight, torch.stack([c.bias for c in convs], 1).flatten() * scale
+        return _group_major([c.weight for c in convs]) * scale, _group_major([c.bias for c in convs]) * scale
 
     def _inference_without_low_band_attention(
         self, x: torch.Tensor, dtype: torch.dtype, reuse: bool, exporting: bool

@@ -22,6 +22,7 @@ __all__ = [
     "normalised_conv_args",
     "output_size",
     "pad_explicitly",
+    "same_padding",
 ]
 
 CONV_CLASSES: dict[int, type[nn.modules.conv._ConvNd]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -59,6 +60,14 @@ def pad_explicitly(x: torch.Tensor, geometry: ConvGeometry) -> tuple[torch.Tenso
         return x, geometry.padding  # type: ignore[return-value]
     mode = "constant" if geometry.padding_mode == "zeros" else geometry.padding_mode
     return F.pad(x, geometry._reversed_padding_repeated_twice, mode=mode), (0,) * len(geometry.kernel_size)
+
+
+def same_padding(kernel: Sequence[int], who: str) -> list[int]:
+    """``F.pad``'s amounts (last axis first) that keep a stride-1 convolution's output at its input's size; ``who``
+    names the caller in the error, since only odd kernels have them."""
+    if any(k % 2 == 0 for k in kernel):
+        raise ValueError(f"{who} needs an odd kernel (a 'same' output), got {tuple(kernel)}")
+    return [p for k in reversed(kernel) for p in (k // 2, k // 2)]
 
 
 def output_size(size: Sequence[int], geometry: ConvGeometry) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .conv_geometry import CONV_FUNCTIONS
+from .conv_geometry import CONV_FUNCTIONS, same_padding
 
 __all__ = ["tap_sum_conv"]
 
@@ -27,8 +27,7 @@ def tap_sum_conv(
 ) -> torch.Tensor:
     """``F.conv{n}d(x, weight, bias, padding=k // 2, groups=groups)`` for odd kernels (stride and dilation 1)."""
     kernel = weight.shape[2:]
-    if any(k % 2 == 0 for k in kernel):
-        raise ValueError(f"tap_sum_conv needs an odd kernel (a 'same' output), got {tuple(kernel)}")
+    padding = same_padding(kernel, "tap_sum_conv")
     cout, cin_g, taps = weight.shape[0], weight.shape[1], math.prod(kernel)
     b, spatial, per_group = x.shape[0], x.shape[2:], cout // groups
     # Output channels of a grouped convolution are group-major: (group, tap, output) keeps each group's taps in it.
@@ -38,7 +37,7 @@ def tap_sum_conv(
         .reshape(groups * taps * per_group, cin_g, *(1,) * len(kernel))
     )
     maps = CONV_FUNCTIONS[len(kernel)](x, pointwise, groups=groups).view(b, groups, taps, per_group, *spatial)
-    maps = F.pad(maps, [p for k in reversed(kernel) for p in (k // 2, k // 2)])
+    maps = F.pad(maps, padding)
     shifted = (
         maps[(slice(None), slice(None), t, slice(None), *(slice(u, u + n) for u, n in zip(offsets, spatial)))]
         for t, offsets in enumerate(itertools.product(*(range(k) for k in kernel)))

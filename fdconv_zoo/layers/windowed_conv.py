@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .conv_geometry import same_padding
+
 __all__ = ["windowed_conv"]
 
 
@@ -21,11 +23,10 @@ def windowed_conv(
 ) -> torch.Tensor:
     """``F.conv{n}d(x, weight, bias, padding=k // 2, groups=groups)`` for odd kernels (stride and dilation 1)."""
     kernel = tuple(weight.shape[2:])
-    if any(k % 2 == 0 for k in kernel):
-        raise ValueError(f"windowed_conv needs an odd kernel (a 'same' output), got {kernel}")
+    padding = same_padding(kernel, "windowed_conv")
     cout, cin_g = weight.shape[:2]
     b, spatial, per_group = x.shape[0], x.shape[2:], cout // groups
-    windows = F.pad(x, [p for k in reversed(kernel) for p in (k // 2, k // 2)])
+    windows = F.pad(x, padding)
     for dim, k in enumerate(kernel):  # (B, Cin, *spatial, *kernel): views of the padded input
         windows = windows.unfold(2 + dim, k, 1)
     windows = windows.unflatten(1, (groups, 1, cin_g))
