@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .attention_products import layout_keeping_product, outer_product, scale_rows
+from .compiled_linear import augmented, padded_concat, reduced_linear
 from .constant_cache import constant, parameter_key
 from .execution import ExecutionPlan, float32_region
 from .per_sample_conv import feature_view, per_sample_conv
@@ -113,16 +114,17 @@ def _folded_global_weights(ksm: nn.Module) -> tuple[torch.Tensor, ...]:
 def _global_attentions(ksm: nn.Module, pooled: torch.Tensor, plan: ExecutionPlan) -> _Attentions:
     """The global branch's activations: sigmoids of the (scaled) head logits, or the softmax group attention."""
     if plan.fused_elementwise:
-        # Compiled: one matrix product per head and every product with a parameter on the (B, heads) activations,
-        # where the compiler fuses it into the kernels that read them; concatenating or folding weights would
-        # add kernels over weight-shaped tensors to every call.
-        h = ksm.relu(ksm._normalize(pooled @ ksm.fc.weight.flatten(1).T))
-        heads = {n: getattr(ksm, n) for n in _HEADS if getattr(ksm, n, None) is not None}
+        # Compiled: the projection and all heads as two reductions (:mod:`.compiled_linear`) with the batch norm,
+        # StarReLU, biases and temperatures inlined, then one sigmoid; no extern GEMM, no per-head kernels.
+        h = ksm.relu(ksm._normalize(reduced_linear(pooled, ksm.fc.weight.flatten(1))))
+        heads = [getattr(ksm, n) for n in _HEADS if getattr(ksm, n, None) is not None]
         scales = iter(_head_scales(ksm, per_channel=False))
-        logits = {n: _scaled(F.linear(h, c.weight.flatten(1), c.bias), next(scales)) for n, c in heads.items()}
+        weight = padded_concat([_scaled(augmented(c.weight.flatten(1), c.bias), next(scales)) for c in heads])
+        logits = reduced_linear(F.pad(h, (0, 1), value=1.0), weight)
         if ksm.act == "softmax":
-            return _Attentions(None, None, None, torch.softmax(logits["kernel_fc"], 1))
-        return _Attentions(*(torch.sigmoid(logits[n]) if n in logits else None for n in _HEADS))
+            return _Attentions(None, None, None, torch.softmax(logits, 1))
+        parts = iter(torch.sigmoid(logits).split([c.out_channels for c in heads], 1))
+        return _Attentions(*(next(parts) if getattr(ksm, n, None) is not None else None for n in _HEADS))
     tensors = [p for p in ksm.parameters()] + [b for b in ksm.buffers() if b.is_floating_point()]
     bn = ksm.bn
     foldable = isinstance(bn, nn.modules.batchnorm._BatchNorm) and not bn.training and bn.running_var is not None
