@@ -167,6 +167,16 @@ def test_compiled_linear_forms_equal_the_library_ops():
         assert relative_error(got, ref) < 1e-13
 
 
+def test_compiled_graphs_keep_the_separable_attentions_on_the_features(monkeypatch):
+    """Eager plans fold the channel and filter attentions into the weight where it is the smaller tensor;
+    compiled graphs never do: on the features they fuse into the kernels around the convolution."""
+    layer = FDConv(8, 8, 3, padding=1)
+    x = torch.randn(1, 8, 64, 64)  # 4,096 positions: the weight (8 x 8 x 9) is the smaller tensor
+    assert plan_execution(layer, x).fold_attention
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not plan_execution(layer, x).fold_attention
+
+
 def test_band_attentions_by_tap_sums_in_eager_cpu_inference_only(monkeypatch):
     layer = FDConv(16, 16, 3, padding=1)
     x = torch.randn(1, 16, 8, 8)

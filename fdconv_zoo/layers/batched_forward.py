@@ -354,7 +354,10 @@ def _dynamic_conv(
 ) -> torch.Tensor:
     """The per-sample kernels and the convolution (a function of its own, so backward can recompute it)."""
     filter_on_weight = plan.fold_attention or att.filter is None
-    channel_on_weight = plan.fold_attention or att.spatial is not None or att.channel is None
+    # Eager plans merge the channel attention into the spatial one on the weight; compiled graphs keep it on the
+    # input, where it fuses into the kernel that makes it (see ``plan_execution``).
+    merged = att.spatial is not None and not plan.fused_elementwise
+    channel_on_weight = plan.fold_attention or att.channel is None or merged
     with float32_region(x.device.type, plan.exporting):
         weight = _modulated_weight(layer, pooled, att, (channel_on_weight, filter_on_weight), plan)
     if not plan.float32_attention:  # under autocast the convolution itself casts the float32 weight

@@ -251,7 +251,9 @@ def plan_execution(layer: PlannedLayer, x: torch.Tensor) -> ExecutionPlan:
         recompute=bool(recompute) and grad and not exporting,
         in_place=not records_autograd,
         # Separable attentions go where they touch fewer elements: the weight, or the (pre-stride) features.
-        fold_attention=_weight_numel(layer) < (layer.in_channels + layer.out_channels) * positions,
+        # Compiled graphs keep them on the features, where they fuse into the kernels that make the convolution's
+        # input and read its output; on the weight they make its kernel read more than the compiler inlines.
+        fold_attention=not compiling and _weight_numel(layer) < (layer.in_channels + layer.out_channels) * positions,
         exporting=exporting,
         float32_attention=torch.is_autocast_enabled(x.device.type),
         # Eager only: inductor's buffers need not have the interleaved layout the complex-pairs product views.
