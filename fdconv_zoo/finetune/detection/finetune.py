@@ -123,11 +123,11 @@ def _prepare(
     model = build_detector(detector, source, data.id2label, freeze_batch_norms=pretrained, **detector_config)
     freeze_backbone_defaults(model, frozen_stages if pretrained else -1, norm_eval=pretrained)
     processor = image_processor(detector, image_size, source.mean, source.std)
-    metrics = DetectionMetrics(processor, data.id2label)
+    metrics = DetectionMetrics(processor, data.id2label, data.test)
     return TrainingSetup(
         model=model,
         train_data=DetectionInputs(data.train, processor, train_augmentation(seed)),
-        test_data=DetectionInputs(data.test, processor),
+        test_data=DetectionInputs(data.test, processor, with_index=True),
         collate=collate,
         compute_metrics=metrics,
         report=partial(

@@ -64,10 +64,14 @@ def train_augmentation(seed: int) -> Any:
 
 
 class DetectionInputs(torch.utils.data.Dataset):
-    """``records`` as ``{"pixel_values", "labels"}`` examples; ``augment`` (albumentations) only for training."""
+    """``records`` as ``{"pixel_values", "labels"}`` examples; ``augment`` (albumentations) only for training.
+    ``with_index`` adds ``record_index``, by which the evaluation finds each image's annotations: a tensor that
+    ``torchrun`` processes can gather, where the targets' box counts differ from image to image."""
 
-    def __init__(self, records: Sequence[CocoImage], processor: Any, augment: Any = None) -> None:
-        self.records, self.processor, self.augment = list(records), processor, augment
+    def __init__(
+        self, records: Sequence[CocoImage], processor: Any, augment: Any = None, *, with_index: bool = False
+    ) -> None:
+        self.records, self.processor, self.augment, self.with_index = list(records), processor, augment, with_index
 
     def __len__(self) -> int:
         return len(self.records)
@@ -88,12 +92,18 @@ class DetectionInputs(torch.utils.data.Dataset):
             ],
         }
         encoded = self.processor(images=image, annotations=annotations, return_tensors="pt")
-        return {"pixel_values": encoded["pixel_values"][0], "labels": encoded["labels"][0]}
+        example = {"pixel_values": encoded["pixel_values"][0], "labels": encoded["labels"][0]}
+        if self.with_index:
+            example["record_index"] = index
+        return example
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
     """Images stacked; targets stay a list of dicts (their box counts differ)."""
-    return {
+    batch = {
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
         "labels": [e["labels"] for e in examples],
     }
+    if "record_index" in examples[0]:
+        batch["record_index"] = torch.tensor([e["record_index"] for e in examples])
+    return batch

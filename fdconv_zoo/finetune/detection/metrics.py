@@ -1,17 +1,20 @@
 """COCO mAP of a detector's predictions, batch by batch, with torchmetrics on the faster-coco-eval backend.
 
-Predictions go through the image processor's ``post_process_object_detection`` (the same call users make),
-targets from normalised centre/size to corner boxes, both in the original image's pixels.
+Predictions go through the image processor's ``post_process_object_detection`` (the same call users make) at
+each image's original size; targets are the evaluation records' boxes, in the same pixels. The evaluation hands
+over record indices rather than targets: under ``torchrun`` they are gathered from every process as one tensor.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import torch
+
+from ..coco_data import CocoImage
 
 __all__ = ["SUMMARY_KEYS", "DetectionMetrics", "per_class_scores"]
 
@@ -26,8 +29,8 @@ class DetectionMetrics:
     or predictions. ``per_class`` keeps the last per-class APs by name.
     """
 
-    def __init__(self, processor: Any, id2label: Mapping[int, str]) -> None:
-        self.processor, self.id2label = processor, dict(id2label)
+    def __init__(self, processor: Any, id2label: Mapping[int, str], records: Sequence[CocoImage]) -> None:
+        self.processor, self.id2label, self.records = processor, dict(id2label), list(records)
         self.per_class: dict[str, float] = {}
         self._metric = self._new_metric()
 
@@ -40,13 +43,13 @@ class DetectionMetrics:
 
     def __call__(self, prediction: Any, compute_result: bool = True) -> dict[str, float]:
         logits, boxes = prediction.predictions
-        targets = prediction.label_ids
-        sizes = torch.stack([t["orig_size"] for t in targets]).cpu()
+        records = [self.records[int(i)] for i in prediction.label_ids]
+        sizes = [(r.height, r.width) for r in records]
         outputs = SimpleNamespace(logits=logits.float().cpu(), pred_boxes=boxes.float().cpu())
         detections = self.processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
         self._metric.update(
             [{k: d[k].cpu() for k in ("boxes", "scores", "labels")} for d in detections],
-            [_corner_target(t) for t in targets],
+            [_target(r) for r in records],
         )
         if not compute_result:
             return {}
@@ -68,10 +71,8 @@ def per_class_scores(result: Mapping[str, torch.Tensor], key: str, id2label: Map
     return {id2label.get(int(c), str(c)): float(v) for c, v in zip(classes, scores, strict=True)}
 
 
-def _corner_target(target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A processor target (``boxes`` normalised cx, cy, w, h; ``orig_size`` h, w) as corner boxes in pixels."""
-    height, width = (float(v) for v in target["orig_size"])
-    cx, cy, w, h = target["boxes"].float().cpu().unbind(-1)
-    scale = torch.tensor([width, height, width, height])
-    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1) * scale
-    return {"boxes": boxes.reshape(-1, 4), "labels": target["class_labels"].long().cpu()}
+def _target(record: CocoImage) -> dict[str, torch.Tensor]:
+    """A record's objects as corner boxes (x1, y1, x2, y2) in pixels with their labels."""
+    boxes = torch.tensor([obj.bbox for obj in record.objects], dtype=torch.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    return {"boxes": boxes, "labels": torch.tensor([obj.label for obj in record.objects], dtype=torch.long)}

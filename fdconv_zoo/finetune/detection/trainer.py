@@ -1,6 +1,6 @@
 """The Trainer detectors fine-tune with: a lower learning rate for the backbone, checkpoints resumed with their
 key conversions, and evaluation that hands the metrics only the class logits and boxes (not the auxiliary and
-denoising outputs)."""
+denoising outputs) and the evaluated records' indices."""
 
 from __future__ import annotations
 
@@ -57,11 +57,12 @@ def detection_trainer(backbone_lr_scale: float) -> type[Trainer]:
             ignore_keys: list[str] | None = None,
         ) -> tuple[torch.Tensor | None, Any, Any]:
             inputs = self._prepare_inputs(inputs)
+            indices = inputs.pop("record_index")
             with torch.no_grad():
                 outputs = model(**inputs)
             loss = outputs.loss.detach() if outputs.loss is not None else None
             if prediction_loss_only:
                 return loss, None, None
-            return loss, (outputs.logits.detach(), outputs.pred_boxes.detach()), inputs["labels"]
+            return loss, (outputs.logits.detach(), outputs.pred_boxes.detach()), indices
 
     return DetectionTrainer
