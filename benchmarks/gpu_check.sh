@@ -9,8 +9,10 @@
 #   1. cuda_check.py's checks on the device: the official test vectors, converted models against their sources,
 #      active attentions forward and backward (float32, bfloat16) against float64 on the CPU;
 #   2. ResNet-50 features at 512x512 and 800x1333 (batch 2), base / FDConv (/ official, eager): eval forward,
-#      training step and peak training memory; eager float32 and bfloat16 autocast, then torch.compile and
-#      mode="reduce-overhead" (CUDA-graph replay), until BUDGET seconds (default 380) have passed.
+#      training step and peak training memory; eager float32 and bfloat16 autocast, then the compiled graph's
+#      kernels on the device (ResNet-18 128x128, batch 1: Triton kernels, the launches issue 33's compiled
+#      target is about), then torch.compile and mode="reduce-overhead" (CUDA-graph replay), until BUDGET seconds
+#      (default 380) have passed.
 # The JSON file is rewritten after each cell; a hard limit (LIMIT, default 470 s) stops the whole run, keeping
 # the cells already measured. OUT=path overrides the output file, REPEATS (default 10) the timed runs per model. Exits 1 if a correctness check fails.
 set -uo pipefail

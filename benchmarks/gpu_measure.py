@@ -11,9 +11,11 @@ backward), with each model's peak training-step memory in eager cells. The JSON 
 cell (atomically), so a run cut short keeps what it measured. ``--out auto`` names it after the GPU:
 ``benchmarks/results/<gpu-name-slug>.json``.
 
-Plan (priority order): eager float32 and bfloat16 autocast at 512x512 and 800x1333 (batch 2); compiled
-(``torch.compile``, static shapes) and reduce-overhead (``mode="reduce-overhead"``: CUDA-graph replay) at 512x512
-in bfloat16, then float32; then the compiled rows at 800x1333.
+Plan (priority order): eager float32 and bfloat16 autocast at 512x512 and 800x1333 (batch 2); the kernels of the
+compiled graph on the device (bench_cost.py's count, ResNet-18 at 128x128, batch 1: on a GPU inductor's
+generated kernels are the Triton kernels it launches); compiled (``torch.compile``, static shapes) and
+reduce-overhead (``mode="reduce-overhead"``: CUDA-graph replay) at 512x512 in bfloat16, then float32; then the
+compiled rows at 800x1333.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cuda_check  # noqa: E402
 from _common import load_official_fdconv, machine_description, medians, peak_memory_mib, round_robin_times  # noqa: E402
+from bench_cost import COMPILE_SETTING, compiled_kernels  # noqa: E402
 from bench_dense import Setting, activate_attentions, official_backbone, training_or_eval_step  # noqa: E402
+
+from fdconv_zoo import FDConv  # noqa: E402
 
 __all__ = ["PLAN", "main", "plan_cells", "slug"]
 
@@ -139,6 +144,27 @@ def _measure_cell(
     return cell
 
 
+def compiled_kernel_counts(device: torch.device, dry_run: bool) -> dict:
+    """bench_cost.py's count of the compiled eval graph's kernels, compiled for ``device``: the base model and its
+    FDConv variant (a dry run: the tiny ResNet at 64x64, on the CPU without building the C++ kernels). On a GPU the
+    C++-only ``emitted`` count does not apply and is left out."""
+    setting = Setting("resnet18", 64, 64, 1, classifier=True) if dry_run else COMPILE_SETTING
+    kwargs = DRY_RUN_MODEL if dry_run else {}
+    x = torch.randn(setting.batch, 3, setting.height, setting.width, device=device)
+    counts: dict = {"setting": setting.spec}
+    for name in (setting.model, f"{setting.model}_fdconv"):
+        torch.manual_seed(0)
+        model = setting.create(name, **kwargs).to(device)
+        counts[name] = compiled_kernels(model, x, "cuda", skip_cpp_compiler=device.type == "cpu")
+        if device.type != "cpu":
+            del counts[name]["emitted"]
+        counts[f"{name} layers"] = sum(isinstance(m, FDConv) for m in model.modules())
+    base, fdconv = counts[setting.model], counts[f"{setting.model}_fdconv"]
+    layers = max(counts[f"{setting.model}_fdconv layers"], 1)
+    counts["generated per FDConv layer over base"] = (fdconv["generated"] - base["generated"]) / layers
+    return counts
+
+
 def _write(results: dict, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(results, indent=1) + "\n")
@@ -177,7 +203,16 @@ def main(argv: list[str] | None = None) -> dict:
     results["correctness"] = {"passed": not failures, "failures": failures}
     results["cells"] = []
     _write(results, out)
-    for setting, dtype_name, execution in plan_cells(args.dry_run):
+    for setting, dtype_name, execution in [*plan_cells(args.dry_run), (None, "", "kernel count")]:
+        if "compiled_kernels" not in results and (setting is None or execution != "eager"):
+            # After the eager cells: the compiled graph's kernels on the device, once.
+            in_budget = time.perf_counter() - started <= args.budget
+            results["compiled_kernels"] = (
+                compiled_kernel_counts(device, args.dry_run) if in_budget else {"skipped": "time budget"}
+            )
+            _write(results, out)
+        if setting is None:
+            break
         if time.perf_counter() - started > args.budget:
             results["cells"].append(
                 {"setting": setting.spec, "dtype": dtype_name, "execution": execution, "skipped": "time budget"}

@@ -270,7 +270,8 @@ def test_compiled_kernel_count_without_building_them(bench_cost):
 
 
 def test_gpu_check_dry_run_writes_the_machine_file(tmp_path):
-    """gpu_check.sh --dry-run runs the GPU script's whole path on the CPU (the golden vectors, tiny eager cells)."""
+    """gpu_check.sh --dry-run runs the GPU script's whole path on the CPU (the golden vectors, tiny eager cells, the
+    compiled graph's kernel count)."""
     out = tmp_path / "dry.json"
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "REPEATS": "1"}
     done = subprocess.run(
@@ -285,6 +286,11 @@ def test_gpu_check_dry_run_writes_the_machine_file(tmp_path):
         for key in ("eval_ms", "train_ms", "peak_train_mib"):
             assert set(cell[key]) == {"base", "fdconv"} and all(v > 0 for v in cell[key].values()), key
         assert cell["train_fdconv_over_base"] == pytest.approx(cell["train_ms"]["fdconv"] / cell["train_ms"]["base"])
+    kernels = results["compiled_kernels"]  # the compiled graph's kernels, counted for the device (here the CPU)
+    base, fdconv = kernels["resnet18"], kernels["resnet18_fdconv"]
+    assert kernels["resnet18 layers"] == 0 and kernels["resnet18_fdconv layers"] == 8
+    assert fdconv["generated"] > base["generated"] > 0 and fdconv["extern"] > base["extern"] > 0
+    assert kernels["generated per FDConv layer over base"] == (fdconv["generated"] - base["generated"]) / 8
     bad = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--fast"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown option --fast" in bad.stderr
 
