@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .attention_products import layout_keeping_product, outer_product, scale_rows
-from .compiled_linear import augmented, padded_concat, reduced_linear
-from .constant_cache import constant, parameter_key
+from .batched_attentions import GlobalAttentions, global_attentions
+from .constant_cache import constant
 from .execution import ExecutionPlan, float32_region
 from .per_sample_conv import feature_view, per_sample_conv
 
@@ -34,119 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = ["batched_forward"]
 
-_HEADS = ("channel_fc", "filter_fc", "spatial_fc", "kernel_fc")
 
-
-class _Attentions(NamedTuple):
-    """Per-sample activations of the global branch (None where absent), without their constant factors."""
-
-    channel: torch.Tensor | None  # (B, Cin)
-    filter: torch.Tensor | None  # (B, Cout)
-    spatial: torch.Tensor | None  # (B, prod(kernel_size))
-    group: torch.Tensor | None  # (B, KN * P)
-
-
-def _records_autograd(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-class _StarReLU(torch.autograd.Function):
-    """``scale * relu(z) ** 2 + bias`` with a hand-written backward: four ops where autograd's composition of
-    relu, square and addcmul records ten (this runs once per layer and training step). ``zero``, a cached
-    scalar, lets one addcmul make ``2 * scale * grad * r``."""
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        r = F.relu(z)
-        ctx.save_for_backward(r, scale, zero)
-        return torch.addcmul(bias, r, r * scale)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        r, scale, zero = ctx.saved_tensors
-        grad_r = grad * r
-        grad_z = torch.addcmul(zero, grad_r, scale, value=2) if ctx.needs_input_grad[0] else None
-        grad_scale = torch.dot(grad_r.flatten(), r.flatten()).view(1) if ctx.needs_input_grad[1] else None
-        grad_bias = grad.sum().view(1) if ctx.needs_input_grad[2] else None
-        return grad_z, grad_scale, grad_bias, None
-
-
-def _head_scales(ksm: nn.Module, per_channel: bool = True) -> list[float]:
-    """Per head logit (or per present head): the inverse temperature, doubled for the tanh form
-    (``1 + tanh(z) = 2 sigmoid(2 z)``)."""
-    act_gain = 2.0 if ksm.act == "tanh" else 1.0
-    scales = []
-    for name in _HEADS:
-        head = getattr(ksm, name, None)
-        if head is not None:
-            temp = ksm.kernel_temp if name == "kernel_fc" else ksm.temp
-            scales += [act_gain / temp] * (head.out_channels if per_channel else 1)
-    return scales
-
-
-def _scaled(t: torch.Tensor, scale: float) -> torch.Tensor:
-    return t if scale == 1.0 else t * scale
-
-
-def _head_weights(ksm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every head's 1x1 convolution as one (heads, A) matrix and bias, the logit scales folded in."""
-    heads = [getattr(ksm, n) for n in _HEADS if getattr(ksm, n, None) is not None]
-    weight = torch.cat([h.weight.flatten(1) for h in heads])
-    bias = torch.cat([h.bias for h in heads])
-    scales = _head_scales(ksm)
-    if all(s == 1.0 for s in scales):
-        return weight, bias
-    scale = torch.tensor(scales, dtype=weight.dtype, device=weight.device)
-    return weight * scale[:, None], bias * scale
-
-
-def _folded_global_weights(ksm: nn.Module) -> tuple[torch.Tensor, ...]:
-    """Inference weights: the batch norm (running statistics) folded into the descriptor projection, StarReLU's
-    scale and bias into the heads: ``heads(s relu(z)^2 + t) = (s W) relu(z)^2 + (b + t W 1)``."""
-    bn = ksm.bn
-    gain = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    fc_weight = ksm.fc.weight.flatten(1) * gain[:, None]
-    fc_bias = bn.bias - bn.running_mean * gain
-    weight, bias = _head_weights(ksm)
-    return fc_weight, fc_bias, weight * ksm.relu.scale, bias + weight.sum(1) * ksm.relu.bias
-
-
-def _global_attentions(ksm: nn.Module, pooled: torch.Tensor, plan: ExecutionPlan) -> _Attentions:
-    """The global branch's activations: sigmoids of the (scaled) head logits, or the softmax group attention."""
-    if plan.fused_elementwise:
-        # Compiled: the projection and all heads as two reductions (:mod:`.compiled_linear`) with the batch norm,
-        # StarReLU, biases and temperatures inlined, then one sigmoid; no extern GEMM, no per-head kernels.
-        h = ksm.relu(ksm._normalize(reduced_linear(pooled, ksm.fc.weight.flatten(1))))
-        heads = [getattr(ksm, n) for n in _HEADS if getattr(ksm, n, None) is not None]
-        scales = iter(_head_scales(ksm, per_channel=False))
-        weight = padded_concat([_scaled(augmented(c.weight.flatten(1), c.bias), next(scales)) for c in heads])
-        logits = reduced_linear(F.pad(h, (0, 1), value=1.0), weight)
-        if ksm.act == "softmax":
-            return _Attentions(None, None, None, torch.softmax(logits, 1))
-        parts = iter(torch.sigmoid(logits).split([c.out_channels for c in heads], 1))
-        return _Attentions(*(next(parts) if getattr(ksm, n, None) is not None else None for n in _HEADS))
-    tensors = [p for p in ksm.parameters()] + [b for b in ksm.buffers() if b.is_floating_point()]
-    bn = ksm.bn
-    foldable = isinstance(bn, nn.modules.batchnorm._BatchNorm) and not bn.training and bn.running_var is not None
-    if foldable and not _records_autograd(*tensors):
-        reuse = plan.reuse_constants
-        key = lambda: parameter_key(*tensors)  # noqa: E731
-        fc_weight, fc_bias, weight, bias = constant(ksm, "folded", key, lambda: _folded_global_weights(ksm), reuse, 1)
-        h = F.relu(torch.addmm(fc_bias, pooled, fc_weight.T)).square()
-        logits = torch.addmm(bias, h, weight.T)
-    else:
-        z = ksm._normalize(pooled @ ksm.fc.weight.flatten(1).T)
-        weight, bias = _head_weights(ksm)
-        zero = constant(ksm, "zero", (z.dtype, z.device), lambda: z.new_zeros(()), plan.reuse_constants)
-        logits = torch.addmm(bias, _StarReLU.apply(z, ksm.relu.scale, ksm.relu.bias, zero), weight.T)
-    if ksm.act == "softmax":  # the official softmax form has only the group attention
-        return _Attentions(None, None, None, torch.softmax(logits, 1))
-    present = [getattr(ksm, n, None) is not None for n in _HEADS]
-    parts = iter(torch.sigmoid(logits).split([getattr(ksm, n).out_channels for n, p in zip(_HEADS, present) if p], 1))
-    return _Attentions(*(next(parts) if p else None for p in present))
-
-
-def _gain(layer: FDConv, att: _Attentions, local: bool) -> float:
+def _gain(layer: FDConv, att: GlobalAttentions, local: bool) -> float:
     """The constant factors of every attention, multiplied into one scalar on the spectrum: ``alpha``, ``2 / KN``
     of the group sigmoid (``1 / KN`` for a single group, 1 for the softmax), the channel, filter and spatial
     attentions' ``att_multi`` (2 for tanh), the local attention's."""
@@ -271,7 +160,7 @@ def _weight_image(layer: FDConv, group: torch.Tensor | None, gain: float, plan: 
 
 
 def _modulated_weight(
-    layer: FDConv, pooled: torch.Tensor, att: _Attentions, on_weight: tuple[bool, bool], plan: ExecutionPlan
+    layer: FDConv, pooled: torch.Tensor, att: GlobalAttentions, on_weight: tuple[bool, bool], plan: ExecutionPlan
 ) -> torch.Tensor:
     """Per-sample kernels (B, Cout, Cin, k1, c) in the convolution's memory layout (c = k2*...*kn)."""
     b = pooled.shape[0]
@@ -348,7 +237,7 @@ def _dynamic_conv(
     layer: FDConv,
     x: torch.Tensor,
     pooled: torch.Tensor,
-    att: _Attentions,
+    att: GlobalAttentions,
     bias: torch.Tensor | None,
     plan: ExecutionPlan,
 ) -> torch.Tensor:
@@ -388,7 +277,7 @@ def batched_forward(layer: FDConv, x: torch.Tensor, plan: ExecutionPlan) -> torc
     pooled = _PositionMean.apply(x, dims) if _backward_products(plan) else x.mean(dims)
     pooled = pooled.float() if plan.float32_attention else pooled
     with float32_region(x.device.type, plan.exporting) if plan.float32_attention else contextlib.nullcontext():
-        att = _global_attentions(layer.KSM_Global, pooled, plan)
+        att = global_attentions(layer.KSM_Global, pooled, plan)
     if hasattr(layer, "FBM"):
         x = layer.FBM.forward_batched(
             x, exporting=plan.exporting, reuse=plan.reuse_constants, compiled=plan.fused_elementwise
