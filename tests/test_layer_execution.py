@@ -17,7 +17,7 @@ from fdconv_testing import perturb_attention, relative_error
 from fdconv_zoo import FDConv
 from fdconv_zoo.layers import ConvMethod, ExecutionPlan, execution, plan_execution
 from fdconv_zoo.layers.band_split import _cached_band_matrices
-from fdconv_zoo.layers.compiled_linear import augmented, padded_concat, reduced_linear
+from fdconv_zoo.layers.compiled_linear import padded_concat, reduced_linear
 from fdconv_zoo.layers.tap_sum_conv import tap_sum_conv
 from fdconv_zoo.layers.windowed_conv import windowed_conv
 
@@ -150,14 +150,13 @@ def test_same_convolutions_to_few_maps_equal_the_convolution(spatial, groups, ke
 
 
 def test_compiled_linear_forms_equal_the_library_ops():
-    """The compiled graphs' heads: one reduction over weights concatenated by zero padding, the bias as a column."""
+    """The compiled graphs' heads: one reduction over weights and biases concatenated by zero padding."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 7, dtype=torch.float64, generator=gen, requires_grad=True)
     weights = [torch.randn(n, 7, dtype=torch.float64, generator=gen, requires_grad=True) for n in (5, 1, 9)]
     biases = [torch.randn(n, dtype=torch.float64, generator=gen, requires_grad=True) for n in (5, 1, 9)]
     expected = F.linear(x, torch.cat(weights), torch.cat(biases))
-    stacked = padded_concat([augmented(w, b) for w, b in zip(weights, biases)])
-    y = reduced_linear(F.pad(x, (0, 1), value=1.0), stacked)
+    y = reduced_linear(x, padded_concat(weights), padded_concat(biases))
     assert relative_error(y, expected) < 1e-14
     assert relative_error(reduced_linear(x, torch.cat(weights), torch.cat(biases)), expected) < 1e-14
     leaves = (x, *weights, *biases)

@@ -7,13 +7,14 @@ heads; compiled graphs compute the projection and the heads as two reductions (:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .compiled_linear import augmented, padded_concat, reduced_linear
+from .compiled_linear import padded_concat, reduced_linear
 from .constant_cache import constant, parameter_key
 from .execution import ExecutionPlan
 
@@ -56,28 +57,26 @@ class _StarReLU(torch.autograd.Function):
         return grad_z, grad_scale, grad_bias, None
 
 
-def _head_scales(ksm: nn.Module, per_channel: bool = True) -> list[float]:
-    """Per head logit (or per present head): the inverse temperature, doubled for the tanh form
-    (``1 + tanh(z) = 2 sigmoid(2 z)``)."""
+def _head_scales(ksm: nn.Module) -> list[float]:
+    """Per head logit: the inverse temperature, doubled for the tanh form (``1 + tanh(z) = 2 sigmoid(2 z)``)."""
     act_gain = 2.0 if ksm.act == "tanh" else 1.0
     scales = []
     for name in _HEADS:
         head = getattr(ksm, name, None)
         if head is not None:
             temp = ksm.kernel_temp if name == "kernel_fc" else ksm.temp
-            scales += [act_gain / temp] * (head.out_channels if per_channel else 1)
+            scales += [act_gain / temp] * head.out_channels
     return scales
 
 
-def _scaled(t: torch.Tensor, scale: float) -> torch.Tensor:
-    return t if scale == 1.0 else t * scale
-
-
-def _head_weights(ksm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every head's 1x1 convolution as one (heads, A) matrix and bias, the logit scales folded in."""
+def _head_weights(
+    ksm: nn.Module, concat: Callable[[list[torch.Tensor]], torch.Tensor] = torch.cat
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every head's 1x1 convolution as one (heads, A) matrix and bias, joined by ``concat``, the logit scales
+    folded in."""
     heads = [getattr(ksm, n) for n in _HEADS if getattr(ksm, n, None) is not None]
-    weight = torch.cat([h.weight.flatten(1) for h in heads])
-    bias = torch.cat([h.bias for h in heads])
+    weight = concat([h.weight.flatten(1) for h in heads])
+    bias = concat([h.bias for h in heads])
     scales = _head_scales(ksm)
     if all(s == 1.0 for s in scales):
         return weight, bias
@@ -98,22 +97,15 @@ def _folded_global_weights(ksm: nn.Module) -> tuple[torch.Tensor, ...]:
 
 def global_attentions(ksm: nn.Module, pooled: torch.Tensor, plan: ExecutionPlan) -> GlobalAttentions:
     """The global branch's activations: sigmoids of the (scaled) head logits, or the softmax group attention."""
-    if plan.fused_elementwise:
-        # Compiled: the projection and all heads as two reductions (:mod:`.compiled_linear`) with the batch norm,
-        # StarReLU, biases and temperatures inlined, then one sigmoid; no extern GEMM, no per-head kernels.
-        h = ksm.relu(ksm._normalize(reduced_linear(pooled, ksm.fc.weight.flatten(1))))
-        heads = [getattr(ksm, n) for n in _HEADS if getattr(ksm, n, None) is not None]
-        scales = iter(_head_scales(ksm, per_channel=False))
-        weight = padded_concat([_scaled(augmented(c.weight.flatten(1), c.bias), next(scales)) for c in heads])
-        logits = reduced_linear(F.pad(h, (0, 1), value=1.0), weight)
-        if ksm.act == "softmax":
-            return GlobalAttentions(None, None, None, torch.softmax(logits, 1))
-        parts = iter(torch.sigmoid(logits).split([c.out_channels for c in heads], 1))
-        return GlobalAttentions(*(next(parts) if getattr(ksm, n, None) is not None else None for n in _HEADS))
     tensors = [p for p in ksm.parameters()] + [b for b in ksm.buffers() if b.is_floating_point()]
     bn = ksm.bn
     foldable = isinstance(bn, nn.modules.batchnorm._BatchNorm) and not bn.training and bn.running_var is not None
-    if foldable and not _records_autograd(*tensors):
+    if plan.fused_elementwise:
+        # Compiled: the projection and all heads as two reductions (:mod:`.compiled_linear`), the heads' weights
+        # joined by zero padding, with the batch norm, StarReLU, biases and temperatures inlined; no extern GEMM.
+        h = ksm.relu(ksm._normalize(reduced_linear(pooled, ksm.fc.weight.flatten(1))))
+        logits = reduced_linear(h, *_head_weights(ksm, concat=padded_concat))
+    elif foldable and not _records_autograd(*tensors):
         reuse = plan.reuse_constants
         key = lambda: parameter_key(*tensors)  # noqa: E731
         fc_weight, fc_bias, weight, bias = constant(ksm, "folded", key, lambda: _folded_global_weights(ksm), reuse, 1)

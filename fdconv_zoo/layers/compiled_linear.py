@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["augmented", "padded_concat", "reduced_linear"]
+__all__ = ["padded_concat", "reduced_linear"]
 
 
 def reduced_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -31,8 +31,3 @@ def padded_concat(tensors: list[torch.Tensor]) -> torch.Tensor:
         out = padded if out is None else out + padded
         offset += t.shape[0]
     return out
-
-
-def augmented(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """(out, in + 1): ``weight`` with ``bias`` as its last column, for an input with a trailing 1."""
-    return F.pad(weight, (0, 1)) + F.pad(bias[:, None], (weight.shape[1], 0))
