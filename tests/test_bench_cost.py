@@ -300,5 +300,9 @@ def test_gpu_measure_names_the_file_after_the_gpu():
     assert gpu_measure.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     cells = gpu_measure.plan_cells(dry_run=False)
     assert cells[0] == (gpu_measure.Setting("resnet50", 512, 512, 2), "float32", "eager")
-    assert {e for _, _, e in cells} == {"eager", "compiled", "reduce-overhead"}
-    assert {(s.height, s.width) for s, _, _ in cells} == {(512, 512), (800, 1333)}
+    assert {e for _, _, e in cells} == {"eager", gpu_measure.KERNEL_COUNT, "compiled", "reduce-overhead"}
+    assert {(s.height, s.width) for s, _, e in cells if e != gpu_measure.KERNEL_COUNT} == {(512, 512), (800, 1333)}
+    # The compiled graph's kernels are counted after every eager cell and before any compiled one.
+    order = [e for _, _, e in cells]
+    assert order.index(gpu_measure.KERNEL_COUNT) == order.count("eager")
+    assert cells[order.index(gpu_measure.KERNEL_COUNT)][0] == gpu_measure.COMPILE_SETTING
