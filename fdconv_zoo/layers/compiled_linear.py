@@ -2,7 +2,8 @@
 
 A small linear map on a (B, features) vector (KSM's descriptor projection and heads) compiles to an extern GEMM
 whose bias and activation run as kernels of their own: one GEMM and at least one kernel per head. Written as a
-product summed over the features, the compiler makes one reduction kernel of it with the activation fused in.
+product summed over the features, the compiler makes one reduction kernel of it, with the bias and the input's
+own elementwise ops (batch norm, StarReLU) computed where they are read.
 Several heads sharing an input become one such kernel when their weights are concatenated as a sum of
 zero-padded tensors, which the compiler reads in place (CPU inductor lowers ``cat`` as one copy kernel per
 input). Eager mode would materialise the product: only compiled graphs use these.
