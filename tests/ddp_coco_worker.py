@@ -5,8 +5,7 @@ import json
 import os
 import sys
 
-import detection_testing  # noqa: F401  (registers the tiny backbone the checkpoint names)
-from detection_testing import TINY_DETECTOR
+from detection_testing import TINY_DETECTOR  # importing it registers the tiny backbone the checkpoint names
 from instance_testing import TINY_MASK2FORMER
 from safetensors.torch import save_file
 

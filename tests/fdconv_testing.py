@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 
@@ -45,3 +51,14 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+
+
+def torchrun_on_two_cpu_processes(worker: Path, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """``worker`` with ``args`` under ``torchrun`` on 2 CPU processes (gloo, one thread each), on a free port: a
+    fixed one collides with any other run on the machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*cmd, str(worker), *args], env=env, capture_output=True, text=True, timeout=timeout)

@@ -198,31 +198,12 @@ def test_images_of_any_mode_become_the_models_channels():
 def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path):
     """torchrun, 2 processes, gloo: the same entry point trains with DDP (every parameter used) and both ranks
     end with identical weights; only rank 0 writes the model folder."""
-    import os
-    import socket
-    import subprocess
-    import sys
     from pathlib import Path
 
+    from fdconv_testing import torchrun_on_two_cpu_processes
     from safetensors.torch import load_file
 
-    worker = Path(__file__).with_name("ddp_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as s:  # a free port: a fixed one collides with any other run on the machine
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
-        str(worker),
-        str(tmp_path),
-    ]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    run = torchrun_on_two_cpu_processes(Path(__file__).with_name("ddp_worker.py"), str(tmp_path), timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     assert rank0.keys() == rank1.keys() and any(k.endswith("dft_weight") for k in rank0)

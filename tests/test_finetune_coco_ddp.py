@@ -5,15 +5,12 @@ rank 0 writes the model folder."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from detection_testing import tiny_checkpoint, write_coco_folder
+from fdconv_testing import torchrun_on_two_cpu_processes
 from instance_testing import write_instance_folder
 from safetensors.torch import load_file
 
@@ -24,13 +21,8 @@ def test_coco_tasks_under_ddp_keep_the_ranks_identical(tmp_path, task):
     write = write_coco_folder if task == "detection" else write_instance_folder
     data = write(tmp_path / "data", n_train=16, n_val=6)
     out = tmp_path / "run"
-    with socket.socket() as s:  # a free port: a fixed one collides with any other run on the machine
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     worker = Path(__file__).with_name("ddp_coco_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    cmd += [str(worker), task, checkpoint, str(data), str(out)]
-    run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    run = torchrun_on_two_cpu_processes(worker, task, checkpoint, str(data), str(out), timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     rank0, rank1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
     assert rank0.keys() == rank1.keys() and any(k.endswith("dft_weight") for k in rank0)
