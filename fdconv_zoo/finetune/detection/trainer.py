@@ -49,6 +49,9 @@ def detection_trainer(backbone_lr_scale: float) -> type[Trainer]:
                 )
             return super().create_optimizer(model)
 
+        # What evaluation hands the metrics, besides the records' indices.
+        prediction_outputs = ("logits", "pred_boxes")
+
         def prediction_step(
             self,
             model: nn.Module,
@@ -63,6 +66,6 @@ def detection_trainer(backbone_lr_scale: float) -> type[Trainer]:
             loss = outputs.loss.detach() if outputs.loss is not None else None
             if prediction_loss_only:
                 return loss, None, None
-            return loss, (outputs.logits.detach(), outputs.pred_boxes.detach()), indices
+            return loss, tuple(getattr(outputs, name).detach() for name in self.prediction_outputs), indices
 
     return DetectionTrainer

@@ -3,10 +3,7 @@ resumed through ``from_pretrained``) evaluating with the class and mask logits a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
 from ..detection.trainer import detection_trainer
 
@@ -21,20 +18,6 @@ def instance_trainer(backbone_lr_scale: float) -> type[Trainer]:
     evaluation hands :class:`~.metrics.InstanceMetrics` the logits and the evaluated records' indices."""
 
     class InstanceSegmentationTrainer(detection_trainer(backbone_lr_scale)):
-        def prediction_step(
-            self,
-            model: nn.Module,
-            inputs: dict[str, Any],
-            prediction_loss_only: bool,
-            ignore_keys: list[str] | None = None,
-        ) -> tuple[torch.Tensor | None, Any, Any]:
-            inputs = self._prepare_inputs(inputs)
-            indices = inputs.pop("record_index")
-            with torch.no_grad():
-                outputs = model(**inputs)
-            loss = outputs.loss.detach() if outputs.loss is not None else None
-            if prediction_loss_only:
-                return loss, None, None
-            return loss, (outputs.class_queries_logits.detach(), outputs.masks_queries_logits.detach()), indices
+        prediction_outputs = ("class_queries_logits", "masks_queries_logits")
 
     return InstanceSegmentationTrainer
