@@ -14,7 +14,14 @@ import torch
 from ..coco_data import CocoImage
 from ..images import to_model_image
 
-__all__ = ["DetectionInputs", "collate", "image_processor", "round_image_size", "train_augmentation"]
+__all__ = [
+    "DetectionInputs",
+    "collate",
+    "collate_with_lists",
+    "image_processor",
+    "round_image_size",
+    "train_augmentation",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -100,10 +107,14 @@ class DetectionInputs(torch.utils.data.Dataset):
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
     """Images stacked; targets stay a list of dicts (their box counts differ)."""
-    batch = {
-        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-        "labels": [e["labels"] for e in examples],
-    }
+    return collate_with_lists(examples, ("labels",))
+
+
+def collate_with_lists(examples: list[dict[str, Any]], list_keys: Sequence[str]) -> dict[str, Any]:
+    """``pixel_values`` stacked, each of ``list_keys`` kept as a list (per-image object counts differ), and the
+    evaluation's ``record_index`` as one tensor where the examples have it."""
+    batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+    batch.update({key: [e[key] for e in examples] for key in list_keys})
     if "record_index" in examples[0]:
         batch["record_index"] = torch.tensor([e["record_index"] for e in examples])
     return batch

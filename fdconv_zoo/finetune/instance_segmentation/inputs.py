@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..coco_data import CocoImage
+from ..detection.inputs import collate_with_lists
 from ..images import to_model_image
 from .masks import instance_masks
 
@@ -69,11 +70,4 @@ class InstanceInputs(torch.utils.data.Dataset):
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
     """Images stacked; masks and classes stay lists (their instance counts differ)."""
-    batch = {
-        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-        "mask_labels": [e["mask_labels"] for e in examples],
-        "class_labels": [e["class_labels"] for e in examples],
-    }
-    if "record_index" in examples[0]:
-        batch["record_index"] = torch.tensor([e["record_index"] for e in examples])
-    return batch
+    return collate_with_lists(examples, ("mask_labels", "class_labels"))
