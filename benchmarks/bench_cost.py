@@ -472,6 +472,12 @@ def render_markdown(results: dict) -> str:
     ]  # fmt: skip
     header = ["target", "limit", "worst over the dense settings", "status"]
     lines += [format_table(header, target_rows), ""]
+    if any(t["target"] == "eval bytes / base model" and t["met"] is False for t in results["targets"]):
+        lines += [
+            "Where the bytes target is not met, the issue asks for a per-op account of where the bytes go and why "
+            "the floor is where it is: the bytes table above, explained in `docs/cost-accounting.md` (Bytes).",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -220,6 +220,7 @@ def test_targets_table_and_files(bench_cost, tmp_path):
     results["targets"] = list(targets.values())
     report = bench_cost.render_markdown(results)
     assert results["command"] in report
+    assert "per-op account of where the bytes go" in report  # the fallback, named where bytes miss
     rows = [
         [c.strip() for c in line.strip("|").split("|")]
         for line in report.splitlines()

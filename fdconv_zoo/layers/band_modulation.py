@@ -269,19 +269,37 @@ class FrequencyBandModulation(nn.Module):
         bands = bands.unflatten(2, (g, c // g)).mul_(minus_one.unflatten(1, (g, n)).transpose(1, 2)[:, :, :, None])
         return bands.sum(1).flatten(1, 2).add_(xf).to(x.dtype)
 
+    def input_spectrum(self, x: torch.Tensor, exporting: bool = False) -> torch.Tensor:
+        """``rfftn(x)`` over the spatial dims as real (re, im) pairs, in float32 (float64 for float64 input)."""
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # not promote_types: an op
+        with float32_region(x.device.type, exporting):
+            return torch.view_as_real(torch.fft.rfftn(x.to(dtype), dim=tuple(range(-self.spatial_dims, 0))))
+
+    def shares_spectrum(self, compiled: bool) -> bool:
+        """Whether :meth:`forward_batched` takes the input's spectrum from the caller (compiled graphs' sigmoid
+        forms), which can then read the positions' mean from its zero-frequency bin."""
+        return compiled and self.act != "softmax"
+
     def forward_batched(
-        self, x: torch.Tensor, *, exporting: bool = False, reuse: bool = False, compiled: bool = False
+        self,
+        x: torch.Tensor,
+        *,
+        exporting: bool = False,
+        reuse: bool = False,
+        compiled: bool = False,
+        spectrum: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`forward` in a fixed handful of batched ops (accelerators, compiled graphs): one convolution for
         every band's attention map, one real FFT of the input, one product with the stacked band-pass masks and
         one inverse FFT for all bands, one product and sum with the attentions. ``reuse`` takes the masks and,
-        where no autograd is recorded, the stacked attention weights from the module's cache."""
+        where no autograd is recorded, the stacked attention weights from the module's cache; ``spectrum`` is
+        :meth:`input_spectrum` when the caller has it (see :meth:`shares_spectrum`)."""
         dims, sizes = tuple(range(-self.spatial_dims, 0)), tuple(x.shape[-self.spatial_dims :])
         c, g = x.shape[1], self.spatial_group
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # not promote_types: an op
         if not (compiled or torch.is_grad_enabled() or self.lowfreq_att or self.act == "softmax"):
             return self._inference_without_low_band_attention(x, dtype, reuse, exporting)
-        separate = compiled and self.act != "softmax"
+        separate = self.shares_spectrum(compiled)
         if separate:
             maps = self._compiled_attentions(x, dtype)
         else:
@@ -307,8 +325,8 @@ class FrequencyBandModulation(nn.Module):
         if not separate and torch.is_grad_enabled():
             with float32_region(x.device.type, exporting):
                 return _BandModulation.apply(x.to(dtype), att.transpose(1, 2), masks, g).to(x.dtype)
+        spectrum = self.input_spectrum(x, exporting) if spectrum is None else spectrum
         with float32_region(x.device.type, exporting):
-            spectrum = torch.view_as_real(torch.fft.rfftn(x.to(dtype), dim=dims))
             # Real (re, im) pairs times the real masks: no complex kernel (compilers generate none for those).
             masked = torch.view_as_complex(spectrum[:, None] * masks[:, None, ..., None])
             bands = torch.fft.irfftn(masked, s=sizes, dim=dims)  # (B, n+1, C, *spatial)

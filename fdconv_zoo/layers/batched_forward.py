@@ -274,13 +274,22 @@ def batched_forward(layer: FDConv, x: torch.Tensor, plan: ExecutionPlan) -> torc
     if layer.token_layout:
         x = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), layer.in_channels)
     dims = (1,) if layer.token_layout else tuple(range(2, x.dim()))
-    pooled = _PositionMean.apply(x, dims) if _backward_products(plan) else x.mean(dims)
+    fbm = getattr(layer, "FBM", None)
+    spectrum = fbm.input_spectrum(x, plan.exporting) if fbm and fbm.shares_spectrum(plan.fused_elementwise) else None
+    if spectrum is not None:  # the zero-frequency bin is the positions' sum: no reduction of its own
+        pooled = (spectrum[(..., *(0,) * (len(dims) + 1))] / math.prod(x.shape[2:])).to(x.dtype)
+    else:
+        pooled = _PositionMean.apply(x, dims) if _backward_products(plan) else x.mean(dims)
     pooled = pooled.float() if plan.float32_attention else pooled
     with float32_region(x.device.type, plan.exporting) if plan.float32_attention else contextlib.nullcontext():
         att = global_attentions(layer.KSM_Global, pooled, plan)
-    if hasattr(layer, "FBM"):
-        x = layer.FBM.forward_batched(
-            x, exporting=plan.exporting, reuse=plan.reuse_constants, compiled=plan.fused_elementwise
+    if fbm:
+        x = fbm.forward_batched(
+            x,
+            exporting=plan.exporting,
+            reuse=plan.reuse_constants,
+            compiled=plan.fused_elementwise,
+            spectrum=spectrum,
         )
     if plan.recompute:
         y = checkpoint(_dynamic_conv, layer, x, pooled, att, layer.bias, plan, use_reentrant=False)
