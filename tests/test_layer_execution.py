@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fdconv_testing import perturb_attention, relative_error
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fdconv_zoo import FDConv
-from fdconv_zoo.layers import ConvMethod, ExecutionPlan, execution, plan_execution
+from fdconv_zoo.layers import ConvMethod, ExecutionPlan, execution, plan_execution, planning_as
 from fdconv_zoo.layers.band_split import _cached_band_matrices
 from fdconv_zoo.layers.compiled_linear import padded_concat, reduced_linear
 from fdconv_zoo.layers.tap_sum_conv import tap_sum_conv
@@ -174,6 +175,35 @@ def test_compiled_graphs_keep_the_separable_attentions_on_the_features(monkeypat
     assert plan_execution(layer, x).fold_attention
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not plan_execution(layer, x).fold_attention
+
+
+class _InputReductions(TorchDispatchMode):
+    """The names of the ops that read a tensor of ``shape`` and write a smaller one (reductions of it)."""
+
+    def __init__(self, shape: torch.Size) -> None:
+        super().__init__()
+        self.shape, self.names = shape, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+        out = func(*args, **(kwargs or {}))
+        reads = any(isinstance(a, torch.Tensor) and a.shape == self.shape for a in args)
+        if reads and isinstance(out, torch.Tensor) and out.numel() < self.shape.numel():
+            self.names.append(func.overloadpacket.__name__)
+        return out
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_compiled_forms_take_the_descriptor_from_the_band_splits_fft(train):
+    """Compiled graphs read the pooled descriptor from the zero-frequency bin of the input's real FFT, which FBM
+    makes anyway: the input's one reduction is that FFT (no mean over the positions, a kernel reading it all)."""
+    layer = _layer(CASES[0]).train(train)
+    x = torch.randn(2, 32, 9, 8, dtype=torch.float64)
+    with planning_as("cuda"):
+        plan = dataclasses.replace(plan_execution(layer, x), fused_elementwise=True)
+    with torch.set_grad_enabled(train), _InputReductions(x.shape) as recorded:
+        y = layer(x, plan)
+    assert recorded.names == ["_fft_r2c"]
+    assert relative_error(y, layer(x)) < 1e-12
 
 
 def test_band_attentions_by_tap_sums_in_eager_cpu_inference_only(monkeypatch):
