@@ -177,32 +177,49 @@ def test_compiled_graphs_keep_the_separable_attentions_on_the_features(monkeypat
     assert not plan_execution(layer, x).fold_attention
 
 
-class _InputReductions(TorchDispatchMode):
-    """The names of the ops that read a tensor of ``shape`` and write a smaller one (reductions of it)."""
+class _OpRecorder(TorchDispatchMode):
+    """Each op's name, input shapes and output shape."""
 
-    def __init__(self, shape: torch.Size) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.shape, self.names = shape, []
+        self.ops: list[tuple[str, list[torch.Size], torch.Size | None]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
         out = func(*args, **(kwargs or {}))
-        reads = any(isinstance(a, torch.Tensor) and a.shape == self.shape for a in args)
-        if reads and isinstance(out, torch.Tensor) and out.numel() < self.shape.numel():
-            self.names.append(func.overloadpacket.__name__)
+        shapes = [a.shape for a in args if isinstance(a, torch.Tensor)]
+        self.ops.append((func.overloadpacket.__name__, shapes, out.shape if isinstance(out, torch.Tensor) else None))
         return out
+
+
+def _compiled_forms(layer: FDConv, x: torch.Tensor, train: bool) -> tuple[torch.Tensor, _OpRecorder]:
+    """The layer's forward in the forms a compiled graph takes (here eagerly), and its ops."""
+    with planning_as("cuda"):
+        plan = dataclasses.replace(plan_execution(layer.train(train), x), fused_elementwise=True)
+    with torch.set_grad_enabled(train), _OpRecorder() as recorded:
+        y = layer(x, plan)
+    return y, recorded
 
 
 @pytest.mark.parametrize("train", [False, True])
 def test_compiled_forms_take_the_descriptor_from_the_band_splits_fft(train):
     """Compiled graphs read the pooled descriptor from the zero-frequency bin of the input's real FFT, which FBM
     makes anyway: the input's one reduction is that FFT (no mean over the positions, a kernel reading it all)."""
-    layer = _layer(CASES[0]).train(train)
+    layer, x = _layer(CASES[0]), torch.randn(2, 32, 9, 8, dtype=torch.float64)
+    y, recorded = _compiled_forms(layer, x, train)
+    reductions = [name for name, ins, out in recorded.ops if x.shape in ins and out and out.numel() < x.numel()]
+    assert reductions == ["_fft_r2c"]
+    assert relative_error(y, layer(x)) < 1e-12
+
+
+@pytest.mark.parametrize("lowfreq_att", [False, True])
+def test_compiled_forms_split_only_the_attended_bands(lowfreq_att):
+    """The bands sum to the input, so an unattended lowest band is the input minus the others: compiled graphs
+    take the masks' product and the inverse FFT of the attended bands only (3 of 4 here)."""
+    layer = _layer(CASES[0], fbm_cfg=dict(k_list=[2, 4, 8], lowfreq_att=lowfreq_att))
     x = torch.randn(2, 32, 9, 8, dtype=torch.float64)
-    with planning_as("cuda"):
-        plan = dataclasses.replace(plan_execution(layer, x), fused_elementwise=True)
-    with torch.set_grad_enabled(train), _InputReductions(x.shape) as recorded:
-        y = layer(x, plan)
-    assert recorded.names == ["_fft_r2c"]
+    y, recorded = _compiled_forms(layer, x, train=True)
+    split = [out for name, _, out in recorded.ops if name == "_fft_c2r" and out[-2:] == x.shape[-2:]]
+    assert split == [torch.Size([2, 4 if lowfreq_att else 3, 32, 9, 8])]
     assert relative_error(y, layer(x)) < 1e-12
 
 

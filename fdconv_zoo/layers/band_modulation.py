@@ -226,17 +226,16 @@ class FrequencyBandModulation(nn.Module):
         weight, bias = _group_major(weights), _group_major(biases)
         return (weight * 2, bias * 2) if self.act == "tanh" else (weight, bias)
 
-    def _compiled_attentions(self, x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor | float]:
-        """Each band's attention map, (B, G, *spatial), for compiled graphs: one windowed convolution
-        (:mod:`.windowed_conv`, a reduction kernel) for all bands, its weights stacked by selecting with a band
-        index, which the compiler reads in place (``cat`` would copy each band's weights per call), one sigmoid
-        for all maps; an unattended lowest band gets the sigmoid of a zero logit, 1/2."""
+    def _compiled_attentions(self, x: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Each attended band's map, (B, G, *spatial), half its attention, for compiled graphs: one windowed
+        convolution (:mod:`.windowed_conv`, a reduction kernel) for all bands, its weights stacked by selecting
+        with a band index, which the compiler reads in place (``cat`` would copy each band's weights per call),
+        one sigmoid for all maps."""
         xf, g, convs = x.to(dtype), self.spatial_group, list(self.freq_weight_conv_list)
         weight = _group_major([c.weight.to(dtype) for c in convs], by_selection=True)
         bias = _group_major([c.bias.to(dtype) for c in convs], by_selection=True)
         logits = windowed_conv(xf, weight, bias, groups=g).unflatten(1, (g, len(convs)))
-        maps: list[torch.Tensor | float] = list(torch.sigmoid(logits * 2 if self.act == "tanh" else logits).unbind(2))
-        return maps if self.lowfreq_att else [*maps, 0.5]
+        return list(torch.sigmoid(logits * 2 if self.act == "tanh" else logits).unbind(2))
 
     def _stacked_tanh_conv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The band attention convolutions stacked (group-major) and scaled so that the tanh of their output is the
@@ -320,8 +319,13 @@ class FrequencyBandModulation(nn.Module):
                 att = bounded_attention(logits, "softmax", dim=1)
             else:
                 att = logits.sigmoid_() if not torch.is_grad_enabled() else torch.sigmoid(logits)
-        key = (sizes, tuple(self.k_list), self.exact_masks, 1.0 if self.act == "softmax" else 2.0, dtype, x.device)
+        # Compiled, an unattended lowest band is the input minus the others (the bands sum to it): it skips the
+        # masks and the inverse FFT, and the attended bands' factors are the attentions minus one.
+        drop_low = separate and not self.lowfreq_att
+        scale = 1.0 if self.act == "softmax" or drop_low else 2.0
+        key = (sizes, tuple(self.k_list), self.exact_masks, scale, dtype, x.device)
         masks = constant(self, "band_passes", key, lambda: hermitian_band_pass_masks(*key), reuse)
+        masks = masks[: len(maps)] if drop_low else masks
         if not separate and torch.is_grad_enabled():
             with float32_region(x.device.type, exporting):
                 return _BandModulation.apply(x.to(dtype), att.transpose(1, 2), masks, g).to(x.dtype)
@@ -332,6 +336,9 @@ class FrequencyBandModulation(nn.Module):
             bands = torch.fft.irfftn(masked, s=sizes, dim=dims)  # (B, n+1, C, *spatial)
         bands = bands.unflatten(2, (g, c // g))
         if separate:  # one elementwise sum the compiler fuses with the sigmoids
-            weighted = sum(bands[:, j] * (a if isinstance(a, float) else a[:, :, None]) for j, a in enumerate(maps))
+            if drop_low:
+                weighted = sum(bands[:, j] * (2 * a[:, :, None] - 1) for j, a in enumerate(maps))
+                return (weighted.flatten(1, 2) + x.to(dtype)).to(x.dtype)
+            weighted = sum(bands[:, j] * a[:, :, None] for j, a in enumerate(maps))
             return weighted.flatten(1, 2).to(x.dtype)
         return bands.mul_(att.transpose(1, 2)[:, :, :, None]).sum(1).flatten(1, 2).to(x.dtype)
