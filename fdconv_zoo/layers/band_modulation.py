@@ -333,7 +333,7 @@ class FrequencyBandModulation(nn.Module):
         with float32_region(x.device.type, exporting):
             # Real (re, im) pairs times the real masks: no complex kernel (compilers generate none for those).
             masked = torch.view_as_complex(spectrum[:, None] * masks[:, None, ..., None])
-            bands = torch.fft.irfftn(masked, s=sizes, dim=dims)  # (B, n+1, C, *spatial)
+            bands = torch.fft.irfftn(masked, s=sizes, dim=dims)  # (B, bands, C, *spatial)
         bands = bands.unflatten(2, (g, c // g))
         if separate:  # one elementwise sum the compiler fuses with the sigmoids
             if drop_low:

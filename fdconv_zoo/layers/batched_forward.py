@@ -275,7 +275,8 @@ def batched_forward(layer: FDConv, x: torch.Tensor, plan: ExecutionPlan) -> torc
         x = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), layer.in_channels)
     dims = (1,) if layer.token_layout else tuple(range(2, x.dim()))
     fbm = getattr(layer, "FBM", None)
-    spectrum = fbm.input_spectrum(x, plan.exporting) if fbm and fbm.shares_spectrum(plan.fused_elementwise) else None
+    shares = fbm is not None and fbm.shares_spectrum(plan.fused_elementwise)
+    spectrum = fbm.input_spectrum(x, plan.exporting) if shares else None
     if spectrum is not None:  # the zero-frequency bin is the positions' sum: no reduction of its own
         pooled = (spectrum[(..., *(0,) * (len(dims) + 1))] / math.prod(x.shape[2:])).to(x.dtype)
     else:
@@ -283,7 +284,7 @@ def batched_forward(layer: FDConv, x: torch.Tensor, plan: ExecutionPlan) -> torc
     pooled = pooled.float() if plan.float32_attention else pooled
     with float32_region(x.device.type, plan.exporting) if plan.float32_attention else contextlib.nullcontext():
         att = global_attentions(layer.KSM_Global, pooled, plan)
-    if fbm:
+    if fbm is not None:
         x = fbm.forward_batched(
             x,
             exporting=plan.exporting,
