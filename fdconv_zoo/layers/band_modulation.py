@@ -31,6 +31,11 @@ def _zero_block(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> 
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
+def _split_dtype(x: torch.Tensor) -> torch.dtype:
+    """The band split's dtype: float64 for float64 input, else float32 (not ``promote_types``: that is an op)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _group_major(tensors: list[torch.Tensor], by_selection: bool = False) -> torch.Tensor:
     """The bands' convolution weights (or biases), (G, ...) each, as one grouped convolution's: (G * n, ...), each
     group's bands together. ``by_selection`` builds it with ``torch.where`` on a band index instead of ``stack``:
@@ -270,9 +275,9 @@ class FrequencyBandModulation(nn.Module):
 
     def input_spectrum(self, x: torch.Tensor, exporting: bool = False) -> torch.Tensor:
         """``rfftn(x)`` over the spatial dims as real (re, im) pairs, in float32 (float64 for float64 input)."""
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # not promote_types: an op
+        dims = tuple(range(-self.spatial_dims, 0))
         with float32_region(x.device.type, exporting):
-            return torch.view_as_real(torch.fft.rfftn(x.to(dtype), dim=tuple(range(-self.spatial_dims, 0))))
+            return torch.view_as_real(torch.fft.rfftn(x.to(_split_dtype(x)), dim=dims))
 
     def shares_spectrum(self, compiled: bool) -> bool:
         """Whether :meth:`forward_batched` takes the input's spectrum from the caller (compiled graphs' sigmoid
@@ -295,7 +300,7 @@ class FrequencyBandModulation(nn.Module):
         :meth:`input_spectrum` when the caller has it (see :meth:`shares_spectrum`)."""
         dims, sizes = tuple(range(-self.spatial_dims, 0)), tuple(x.shape[-self.spatial_dims :])
         c, g = x.shape[1], self.spatial_group
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # not promote_types: an op
+        dtype = _split_dtype(x)
         if not (compiled or torch.is_grad_enabled() or self.lowfreq_att or self.act == "softmax"):
             return self._inference_without_low_band_attention(x, dtype, reuse, exporting)
         separate = self.shares_spectrum(compiled)
